@@ -1,0 +1,35 @@
+# The two set-up commands of the README: `make quickstart` and `make test`.
+# Each creates .venv on first use and installs the project into it.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# The CPU wheel of this exact torch is what pip takes on a CPU machine set up as the
+# README says; the project pins the same version.
+TORCH := torch==2.13.0
+
+.PHONY: install sysdeps quickstart test
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -e ".[dev]"
+	# --no-deps: openai-whisper requires triton (1 GB, unused on CPU); its real needs are
+	# in pyproject.toml.
+	$(PY) -m pip install -q --no-deps openai-whisper==20250625
+	touch $(STAMP)
+
+install: $(STAMP) sysdeps
+
+# ffmpeg decodes MELD's MP4 clips. Installed from Debian when missing and we are root.
+sysdeps:
+	@command -v ffmpeg >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ffmpeg >/dev/null; \
+	  else echo "ffmpeg is missing: install it (e.g. sudo apt-get install ffmpeg) for MP4 corpora such as MELD"; fi; }
+
+quickstart: install
+	HF_HUB_OFFLINE=1 $(VENV)/bin/emoreason quickstart
+
+test: install
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q

@@ -1,0 +1,62 @@
+"""The one `emoreason` command.
+
+Each subcommand lives in its own module, which exposes ``add_arguments(parser)`` and
+``run(args) -> int``. Modules are imported only when their subcommand runs, so
+``emoreason --help`` stays fast and a broken optional dependency breaks one subcommand,
+not all of them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from reasoning.errors import UserError
+
+# name -> (module, one-line help)
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "prepare": ("reasoning.prepare.cli", "turn a corpus into a manifest.jsonl with a dataset card"),
+    "evidence": ("reasoning.evidence.cli", "measure acoustic and lexical evidence per utterance"),
+    "rationales": ("reasoning.rationales.cli", "write and verify rationales from the evidence"),
+    "train": ("reasoning.train", "fine-tune a model from a YAML recipe"),
+    "eval": ("reasoning.evaluate", "evaluate a checkpoint on a manifest under a protocol"),
+    "explain": ("reasoning.explain", "predict the emotion of clips and explain it"),
+    "quickstart": ("reasoning.quickstart", "train, evaluate and explain a tiny model offline"),
+}
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="emoreason", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name, (module_name, help_text) in SUBCOMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if only is None or only == name:
+            module = importlib.import_module(module_name)
+            module.add_arguments(p)
+            p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    command = next((a for a in argv if a in SUBCOMMANDS), None)
+    parser = build_parser(only=command or "__none__")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    try:
+        return int(args._run(args) or 0)
+    except UserError as err:
+        print(f"emoreason {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,17 @@
+"""Errors a user can fix. The CLI prints them without a traceback."""
+
+
+class UserError(Exception):
+    """Bad input: the message names the file or field and says how to fix it."""
+
+
+class AudioError(UserError):
+    """An audio file that cannot be used."""
+
+
+class RecipeError(UserError):
+    """A recipe that cannot be used."""
+
+
+class ManifestError(UserError):
+    """A manifest line that breaks the contract of DESIGN.md."""

@@ -17,3 +17,39 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data is not present")
     return SHARED_DATA
+
+SAMPLES = ROOT / "data" / "samples" / "manifest.jsonl"
+TINY = ROOT / "data" / "tiny"
+
+
+def tiny_recipe_tree(out_dir: Path, manifest: Path = SAMPLES, **sections) -> dict:
+    """The quickstart recipe as a dict, with absolute paths and small settings for tests.
+    ``sections`` update whole sections' fields, e.g. ``train={"epochs": 2}``."""
+    import yaml
+
+    tree = yaml.safe_load((ROOT / "recipes" / "quickstart.yaml").read_text())
+    m = tree["model"]
+    m["speech"]["config"] = str(TINY / "whisper.json")
+    m["paralinguistic"]["config"] = str(TINY / "wavlm.json")
+    m["llm"]["config"] = str(TINY / "llm.json")
+    m["llm"]["tokenizer"] = str(TINY / "tokenizer")
+    tree["data"].update(train_manifest=str(manifest), batch_size=4)
+    tree["train"].update(output_dir=str(out_dir), epochs=1, save_every=0, log_every=0, warmup_steps=0)
+    for section, values in sections.items():
+        tree.setdefault(section, {}).update(values)
+    return tree
+
+
+@pytest.fixture
+def small_manifest(tmp_path) -> Path:
+    """Eight bundled clips (two per emotion, two speakers) with absolute audio paths."""
+    import json
+
+    rows = [json.loads(line) for line in SAMPLES.read_text().splitlines()]
+    keep = [r for r in rows if r["speaker"] in ("spk1", "spk2") and r["id"].endswith(("_0", "_1"))][:16:2]
+    for r in keep:
+        r["audio"] = str(SAMPLES.parent / r["audio"])
+        r["split"] = "train"
+    path = tmp_path / "small.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in keep))
+    return path

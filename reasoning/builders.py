@@ -1,0 +1,177 @@
+"""Builders: load pretrained parts (hub id or local folder), wrap LoRA, assemble the model.
+
+A part given by ``config`` instead of ``path`` (the quickstart and the tests) is first
+*materialised*: built with random weights from the config, saved to the run folder, and
+the resolved recipe points at that folder. So there is one loading path, checkpoints hold
+trainable weights only, and a checkpoint always names base weights that exist on disk.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from reasoning.config import Recipe
+from reasoning.encoders import OpenSmileEncoder, SSLEncoder, WhisperSpeechEncoder
+from reasoning.errors import RecipeError, UserError
+from reasoning.model import DualEncoderLLM, Projector, VAHead
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _config_dict(config: dict | str, where: str) -> dict:
+    if isinstance(config, str):
+        path = Path(config)
+        if not path.is_file():
+            raise RecipeError(f"{where}.config: no such file {path}.")
+        return json.loads(path.read_text())
+    return dict(config)
+
+
+def _from_pretrained(cls, path: str, where: str, **kw):
+    """``cls.from_pretrained`` with an error that says what to do when offline."""
+    try:
+        return cls.from_pretrained(path, **kw)
+    except OSError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(
+            f"{where}.path: could not load {path!r} ({first}). If it is a hub id, it could not be "
+            "fetched here (no network, or HF_HUB_OFFLINE=1): download it on a machine with a "
+            f"network (`hf download {path} --local-dir DIR`), copy DIR here, and set "
+            f"{where}.path to DIR. If it is a local folder, check that it exists and holds "
+            "config.json and the weights.") from err
+
+
+def materialize(recipe: Recipe, out_dir: str | Path, seed: int = 0) -> Recipe:
+    """Save every part given by ``config`` as a randomly initialised model under
+    ``out_dir/base/<part>`` and point the recipe at it. Returns the updated recipe."""
+    from transformers import (AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer,
+                              WhisperConfig, WhisperFeatureExtractor, WhisperModel)
+
+    m = recipe.model
+    base = Path(out_dir) / "base"
+    if m.speech.path is None:
+        torch.manual_seed(seed)
+        cfg = WhisperConfig(**_config_dict(m.speech.config, "model.speech"))
+        target = base / "speech"
+        WhisperModel(cfg).save_pretrained(target)
+        WhisperFeatureExtractor(feature_size=cfg.num_mel_bins).save_pretrained(target)
+        m.speech.path = str(target)
+    if m.paralinguistic.kind == "ssl" and m.paralinguistic.path is None:
+        torch.manual_seed(seed + 1)
+        cfg = _config_dict(m.paralinguistic.config, "model.paralinguistic")
+        target = base / "paralinguistic"
+        AutoModel.from_config(AutoConfig.for_model(**cfg)).save_pretrained(target)
+        m.paralinguistic.path = str(target)
+    if m.llm.path is None:
+        torch.manual_seed(seed + 2)
+        cfg = _config_dict(m.llm.config, "model.llm")
+        tokenizer = _from_pretrained(AutoTokenizer, m.llm.tokenizer, "model.llm.tokenizer")
+        cfg.setdefault("vocab_size", len(tokenizer))
+        target = base / "llm"
+        AutoModelForCausalLM.from_config(AutoConfig.for_model(**cfg)).save_pretrained(target)
+        tokenizer.save_pretrained(target)
+        m.llm.path, m.llm.tokenizer = str(target), str(target)
+    return recipe
+
+
+def freeze(module: nn.Module) -> nn.Module:
+    """Freeze a module and keep it in eval mode (no dropout, no SpecAugment) for good."""
+    module.requires_grad_(False)
+    module.eval()
+    module._frozen = True  # checkpoints skip frozen modules (reasoning.checkpoint.module_state)
+    module.train = lambda mode=True: module  # a frozen part never goes back to training mode
+    return module
+
+
+def build_speech_encoder(cfg) -> WhisperSpeechEncoder:
+    from transformers import WhisperFeatureExtractor, WhisperModel
+
+    whisper = _from_pretrained(WhisperModel, cfg.path, "model.speech")
+    encoder = whisper.get_encoder()
+    try:
+        fe = WhisperFeatureExtractor.from_pretrained(cfg.path)
+    except OSError:  # a folder with the model but no preprocessor_config.json
+        fe = WhisperFeatureExtractor(feature_size=encoder.config.num_mel_bins)
+    if cfg.freeze:
+        freeze(encoder)
+    return WhisperSpeechEncoder(encoder, fe, cfg.mel_policy)
+
+
+def build_paralinguistic_encoder(cfg) -> nn.Module | None:
+    if cfg.kind == "none":
+        return None
+    if cfg.kind == "opensmile":
+        return OpenSmileEncoder(cfg.hidden_size)
+    from transformers import AutoModel
+
+    ssl = _from_pretrained(AutoModel, cfg.path, "model.paralinguistic")
+    n = ssl.config.num_hidden_layers
+    if isinstance(cfg.layer, int) and not -(n + 1) <= cfg.layer <= n:
+        raise RecipeError(f"model.paralinguistic.layer: {cfg.layer} is out of range for {cfg.path} "
+                          f"({n} layers: use 0..{n}, -1 for the last, or `weighted`).")
+    if cfg.freeze:
+        freeze(ssl)
+    return SSLEncoder(ssl, cfg.layer)
+
+
+def build_llm(cfg, lora):
+    """The causal LM wrapped with LoRA (and loaded in 4-bit NF4 for QLoRA), and its tokenizer."""
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+    kw = {"dtype": DTYPES[cfg.dtype]}
+    if cfg.quantization == "4bit":
+        compute = DTYPES[cfg.dtype] if cfg.dtype != "float32" else torch.bfloat16
+        kw["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=compute)
+    llm = _from_pretrained(AutoModelForCausalLM, cfg.path, "model.llm", **kw)
+    tokenizer = _from_pretrained(AutoTokenizer, cfg.tokenizer or cfg.path, "model.llm.tokenizer")
+    if cfg.quantization == "4bit":
+        llm = prepare_model_for_kbit_training(llm, use_gradient_checkpointing=cfg.gradient_checkpointing)
+    elif cfg.gradient_checkpointing:
+        llm.gradient_checkpointing_enable()
+        llm.enable_input_require_grads()
+    names = {name.rsplit(".", 1)[-1] for name, _ in llm.named_modules()}
+    missing = [t for t in lora.target_modules if t not in names]
+    if missing:
+        raise RecipeError(f"lora.target_modules: {missing} are not modules of {cfg.path}; "
+                          f"linear layers there include e.g. {sorted(n for n in names if 'proj' in n)[:8]}.")
+    peft_cfg = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                          target_modules=list(lora.target_modules),
+                          modules_to_save=list(lora.modules_to_save) or None, task_type="CAUSAL_LM")
+    return get_peft_model(llm, peft_cfg), tokenizer
+
+
+def build_model(recipe: Recipe) -> tuple[DualEncoderLLM, object]:
+    """Assemble the full model from a recipe whose parts all have a ``path``."""
+    m, h = recipe.model, recipe.heads
+    speech = build_speech_encoder(m.speech)
+    para = build_paralinguistic_encoder(m.paralinguistic)
+    llm, tokenizer = build_llm(m.llm, recipe.lora)
+    hidden = llm.get_input_embeddings().weight.shape[1]
+    projectors = nn.ModuleDict({"speech": Projector(speech.hidden_size, hidden, m.speech.num_tokens,
+                                                    m.projector_hidden)})
+    fuse = None
+    if para is not None:
+        projectors["paralinguistic"] = Projector(para.hidden_size, hidden, m.paralinguistic.num_tokens,
+                                                 m.projector_hidden)
+        if m.fusion == "feature":
+            fuse = nn.Linear(2 * hidden, hidden)
+    model = DualEncoderLLM(
+        speech, para, projectors, llm, VAHead(hidden, h.va_pooling),
+        gender_head=nn.Linear(hidden, 2) if h.gender_weight > 0 else None,
+        fusion=m.fusion, fuse=fuse, va_layer=h.va_layer, va_loss=h.va_loss, va_weight=h.va_weight,
+        gender_weight=h.gender_weight, emotion_loss=h.emotion_loss)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    log.info("model: %s trainable of %s parameters (%.2f%%)", f"{trainable:,}", f"{total:,}",
+             100 * trainable / max(total, 1))
+    return model, tokenizer

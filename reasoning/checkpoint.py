@@ -1,0 +1,131 @@
+"""Checkpoints: trainable weights only, written atomically.
+
+Layout of ``<output_dir>/checkpoint-<step>/``::
+
+    adapter/                 the LoRA adapter (peft: adapter_config.json + adapter_model.safetensors);
+                             loads with ``peft.PeftModel.from_pretrained(base_llm, "adapter")``
+    modules.safetensors      every other trainable tensor: projectors, heads, SSL layer weights,
+                             trainable encoder weights and their buffers
+    recipe.yaml              the resolved recipe (base models are named by path in it)
+    trainer_state.json       step, epoch, position in the epoch's task plan, loss history
+    optimizer.pt, scheduler.pt, rng.safetensors   what --resume needs (tensors and plain
+                             containers only: loaded with ``weights_only=True``, no pickled code)
+
+A checkpoint is written into a temporary folder and renamed into place, so a run killed
+while saving leaves the previous checkpoint whole.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from reasoning.config import RECIPE_NAME, Recipe, load_recipe, save_recipe
+from reasoning.errors import UserError
+
+log = logging.getLogger(__name__)
+
+ADAPTER_DIR = "adapter"
+MODULES_FILE = "modules.safetensors"
+STATE_FILE = "trainer_state.json"
+OPTIMIZER_FILE = "optimizer.pt"
+SCHEDULER_FILE = "scheduler.pt"
+RNG_FILE = "rng.safetensors"
+CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+
+
+def module_state(model) -> dict[str, torch.Tensor]:
+    """Trainable non-LLM tensors: everything outside the LLM and the frozen encoders."""
+    frozen = [name + "." for name, mod in model.named_modules() if getattr(mod, "_frozen", False)]
+    return {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()
+            if not k.startswith("llm.") and not any(k.startswith(f) for f in frozen)}
+
+
+def save_checkpoint(output_dir: str | Path, step: int, model, recipe: Recipe, state: dict,
+                    optimizer=None, scheduler=None, keep_last: int = 0) -> Path:
+    """Write ``checkpoint-<step>`` atomically and prune older ones beyond ``keep_last``."""
+    output_dir = Path(output_dir)
+    final = output_dir / f"checkpoint-{step:06d}"
+    tmp = Path(tempfile.mkdtemp(dir=output_dir, prefix=f".{final.name}.tmp-"))
+    model.llm.save_pretrained(tmp / ADAPTER_DIR)
+    save_file(module_state(model), tmp / MODULES_FILE)
+    save_recipe(recipe, tmp / RECIPE_NAME)
+    (tmp / STATE_FILE).write_text(json.dumps({**state, "step": step}, indent=1))
+    if optimizer is not None:
+        torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
+        torch.save(scheduler.state_dict(), tmp / SCHEDULER_FILE)
+        save_file({"torch": torch.get_rng_state()}, tmp / RNG_FILE)
+    if final.exists():  # the same step saved again (e.g. after a resume): replace it
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    log.info("saved %s", final)
+    if keep_last > 0:
+        for old in list_checkpoints(output_dir)[:-keep_last]:
+            shutil.rmtree(old)
+    return final
+
+
+def list_checkpoints(output_dir: str | Path) -> list[Path]:
+    """Complete checkpoints of a run, oldest first (temporary folders are ignored)."""
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in output_dir.iterdir() if (m := CHECKPOINT_RE.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint folder, or a run folder (its latest checkpoint)."""
+    path = Path(path)
+    if (path / STATE_FILE).is_file():
+        return path
+    found = list_checkpoints(path)
+    if not found:
+        raise UserError(f"{path}: no checkpoint here. Pass a run folder that holds checkpoint-* "
+                        "folders (train.output_dir) or one checkpoint folder.")
+    return found[-1]
+
+
+def load_trainable(model, ckpt: Path) -> None:
+    """Load the adapter and module weights of ``ckpt`` into an already built model."""
+    from peft import set_peft_model_state_dict
+
+    adapter = ckpt / ADAPTER_DIR / "adapter_model.safetensors"
+    set_peft_model_state_dict(model.llm, load_file(adapter))
+    missing, unexpected = model.load_state_dict(load_file(ckpt / MODULES_FILE), strict=False)
+    expected = module_state(model).keys()
+    absent = [k for k in missing if k in expected]
+    if absent or unexpected:
+        raise UserError(f"{ckpt}: weights do not match the recipe's model (missing {absent[:5]}, "
+                        f"unexpected {unexpected[:5]}). Was the recipe edited after training?")
+
+
+def load_for_inference(path: str | Path):
+    """Rebuild the model of a checkpoint (or run folder) for prediction.
+
+    Returns ``(model, tokenizer, recipe, checkpoint_path)`` with the model in eval mode.
+    """
+    from reasoning.builders import build_model
+
+    ckpt = resolve_checkpoint(path)
+    recipe = load_recipe(ckpt / RECIPE_NAME)
+    model, tokenizer = build_model(recipe)
+    load_trainable(model, ckpt)
+    model.eval()
+    return model, tokenizer, recipe, ckpt
+
+
+def load_training_state(ckpt: Path, optimizer, scheduler) -> dict:
+    """Restore optimizer, scheduler and RNG; return the trainer state."""
+    optimizer.load_state_dict(torch.load(ckpt / OPTIMIZER_FILE, weights_only=True))
+    scheduler.load_state_dict(torch.load(ckpt / SCHEDULER_FILE, weights_only=True))
+    torch.set_rng_state(load_file(ckpt / RNG_FILE)["torch"])
+    return json.loads((ckpt / STATE_FILE).read_text())

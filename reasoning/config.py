@@ -1,0 +1,335 @@
+"""Recipes: YAML files loaded into typed dataclasses.
+
+A recipe has five sections (``model``, ``lora``, ``heads``, ``data``, ``train``). Every field
+has help text, which ``emoreason train --help`` prints. Loading is strict:
+
+* an unknown key is an error that names the key and the closest valid one;
+* ``section.field=value`` overrides from the command line win over the file (the value
+  is parsed as YAML, so ``train.lr=1e-4`` is a float and ``data.tasks={emotion: 1}`` a map);
+* cross-field checks run in ``__post_init__`` before any model is built.
+
+Relative paths in a recipe are relative to the current directory (recipes are launched
+from the repository root, as the command at the top of each recipe shows).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from reasoning.errors import RecipeError
+
+RECIPE_NAME = "recipe.yaml"
+TASKS = ("asr", "emotion", "va", "rationale")
+SCHEDULES = ("round_robin", "weighted", "phased")
+# Parts a phase of the `phased` schedule may train.
+PARTS = ("speech", "paralinguistic", "llm", "heads")
+
+
+def _f(default: Any, help: str, **kw: Any) -> Any:
+    """A dataclass field with help text (mutable defaults are copied per instance)."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help}, **kw)
+    return field(default=default, metadata={"help": help}, **kw)
+
+
+@dataclass
+class SpeechEncoderConfig:
+    path: str | None = _f(None, "Whisper checkpoint: hub id or local folder. Null: build from `config`.")
+    config: dict | str | None = _f(None, "WhisperConfig fields (a map) or a config.json path, for a randomly initialised encoder.")
+    num_tokens: int = _f(100, "Speech tokens per clip given to the LLM (the encoder output is pooled to this many).")
+    freeze: bool = _f(True, "Keep the Whisper encoder frozen (only its projector trains).")
+    mel_policy: str = _f("trim", "`trim`: pad mel frames only to the longest clip of the batch (short clips cost little); `pad30`: pad every clip to Whisper's 30 s window, as in pre-training.")
+    max_seconds: float = _f(30.0, "Clips longer than this are cut to their first `max_seconds` with a warning (Whisper's window is 30 s).")
+
+    def __post_init__(self) -> None:
+        if self.mel_policy not in ("trim", "pad30"):
+            raise RecipeError(f"model.speech.mel_policy: {self.mel_policy!r} is not one of trim, pad30.")
+        if not 0 < self.max_seconds <= 30:
+            raise RecipeError("model.speech.max_seconds must be in (0, 30]: Whisper's encoder window is 30 s.")
+
+
+@dataclass
+class ParalinguisticConfig:
+    kind: str = _f("ssl", "`ssl`: a transformers speech SSL model (WavLM, HuBERT, wav2vec2); `opensmile`: frame-level eGeMAPS low-level descriptors through a small trainable encoder; `none`.")
+    path: str | None = _f(None, "SSL checkpoint: hub id or local folder. Null: build from `config`.")
+    config: dict | str | None = _f(None, "SSL model config (a map with `model_type`, or a config.json path) for a random init.")
+    layer: int | str = _f("weighted", "Hidden layer to use (0 = the CNN features, -1 = last), or `weighted` for learned softmax weights over all layers.")
+    num_tokens: int = _f(10, "Paralinguistic tokens per clip given to the LLM.")
+    freeze: bool = _f(True, "Keep the SSL model frozen (its layer weights and projector still train).")
+    hidden_size: int = _f(128, "Width of the trainable encoder over openSMILE descriptors (kind: opensmile).")
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("ssl", "opensmile", "none"):
+            raise RecipeError(f"model.paralinguistic.kind: {self.kind!r} is not one of ssl, opensmile, none.")
+        if isinstance(self.layer, str) and self.layer != "weighted":
+            raise RecipeError(f"model.paralinguistic.layer: {self.layer!r} must be an integer or `weighted`.")
+
+
+@dataclass
+class LLMConfig:
+    path: str | None = _f(None, "Causal LM: hub id or local folder. Null: build from `config`.")
+    config: dict | str | None = _f(None, "LM config (a map with `model_type`, or a config.json path) for a random init.")
+    tokenizer: str | None = _f(None, "Tokenizer folder or hub id; defaults to `path`. It must have a chat template.")
+    dtype: str = _f("float32", "Weights dtype of the frozen LLM: float32, bfloat16 or float16.")
+    quantization: str = _f("none", "`4bit`: QLoRA, the frozen LLM in NF4 through bitsandbytes; `none`.")
+    gradient_checkpointing: bool = _f(False, "Recompute LLM activations in the backward pass to save memory.")
+
+    def __post_init__(self) -> None:
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise RecipeError(f"model.llm.dtype: {self.dtype!r} is not one of float32, bfloat16, float16.")
+        if self.quantization not in ("none", "4bit"):
+            raise RecipeError(f"model.llm.quantization: {self.quantization!r} is not one of none, 4bit.")
+
+
+@dataclass
+class ModelConfig:
+    speech: SpeechEncoderConfig = _f(None, "The Whisper acoustic encoder.", )
+    paralinguistic: ParalinguisticConfig = _f(None, "The paralinguistic encoder.")
+    llm: LLMConfig = _f(None, "The language model.")
+    fusion: str = _f("sequence", "`sequence`: speech then paralinguistic tokens along the sequence; `feature`: both pooled to the speech budget and concatenated along features.")
+    projector_hidden: int = _f(512, "Hidden width of each encoder's two-layer MLP projector.")
+
+    def __post_init__(self) -> None:
+        if self.fusion not in ("sequence", "feature"):
+            raise RecipeError(f"model.fusion: {self.fusion!r} is not one of sequence, feature.")
+
+
+@dataclass
+class LoraConfig:
+    r: int = _f(16, "LoRA rank.")
+    alpha: int = _f(32, "LoRA alpha (scale = alpha / r).")
+    dropout: float = _f(0.05, "Dropout on the LoRA input.")
+    target_modules: list = _f(["q_proj", "k_proj", "v_proj", "o_proj"], "LLM module names to adapt.")
+    modules_to_save: list = _f([], "LLM modules trained in full and saved with the adapter (peft `modules_to_save`), e.g. [lm_head].")
+
+
+@dataclass
+class HeadsConfig:
+    va_pooling: str = _f("mean", "Pooling of hidden states over the audio positions: `mean` or `attention`.")
+    va_layer: int = _f(-1, "LLM hidden layer the VA head reads (-1 = last).")
+    va_loss: str = _f("ccc", "`ccc` (1 - concordance correlation, per dimension) or `mse`.")
+    va_weight: float = _f(1.0, "Weight of the VA loss in `va` batches.")
+    gender_weight: float = _f(0.0, "Weight of the auxiliary gender loss (0 turns the gender head off).")
+    emotion_loss: str = _f("lm", "`lm`: next-token loss on the label; `soft`: KL from the annotators' vote distribution to the label scores when `emotion_votes` is present (LM loss otherwise); `both`.")
+
+    def __post_init__(self) -> None:
+        if self.va_pooling not in ("mean", "attention"):
+            raise RecipeError(f"heads.va_pooling: {self.va_pooling!r} is not one of mean, attention.")
+        if self.va_loss not in ("ccc", "mse"):
+            raise RecipeError(f"heads.va_loss: {self.va_loss!r} is not one of ccc, mse.")
+        if self.emotion_loss not in ("lm", "soft", "both"):
+            raise RecipeError(f"heads.emotion_loss: {self.emotion_loss!r} is not one of lm, soft, both.")
+
+
+@dataclass
+class DataConfig:
+    train_manifest: str = _f("", "Manifest (JSON Lines) to train on.")
+    train_split: list = _f([], "Splits of the train manifest to train on; empty = every row.")
+    eval_manifest: str | None = _f(None, "Manifest to evaluate on; null = the train manifest.")
+    eval_split: list = _f([], "Splits of the eval manifest to evaluate on; empty = every row not trained on.")
+    labels: list = _f([], "The emotion label set, in order. Rows with other labels are not used for the emotion task.")
+    tasks: dict = _f({"asr": 1.0, "emotion": 1.0, "va": 1.0, "rationale": 1.0}, "Tasks to train and their weights.")
+    schedule: str = _f("round_robin", "`round_robin`, `weighted` (by example count with `temperature`) or `phased`.")
+    temperature: float = _f(1.0, "`weighted` schedule: task probability ∝ (weight * examples) ** (1 / temperature).")
+    phases: list = _f([], "`phased` schedule: a list of {tasks: [...], train: [parts]} epochs; parts are speech, paralinguistic, llm, heads. A final joint epoch of every task and part follows.")
+    batch_size: int = _f(8, "Examples per batch and process.")
+    class_balanced: bool = _f(False, "Emotion task: sample each label equally often (undersampling the frequent ones each epoch).")
+
+    def __post_init__(self) -> None:
+        unknown = set(self.tasks) - set(TASKS)
+        if unknown:
+            raise RecipeError(f"data.tasks: unknown task(s) {sorted(unknown)}; tasks are {', '.join(TASKS)}.")
+        if not self.tasks:
+            raise RecipeError("data.tasks is empty: name at least one of " + ", ".join(TASKS) + ".")
+        if self.schedule not in SCHEDULES:
+            raise RecipeError(f"data.schedule: {self.schedule!r} is not one of {', '.join(SCHEDULES)}.")
+        if self.schedule == "phased" and not self.phases:
+            raise RecipeError("data.schedule is `phased` but data.phases is empty: list the phases, "
+                              "e.g. [{tasks: [asr], train: [speech]}, {tasks: [emotion, va], train: [paralinguistic, heads]}].")
+        for i, phase in enumerate(self.phases):
+            if set(phase) - {"tasks", "train"}:
+                raise RecipeError(f"data.phases[{i}]: only `tasks` and `train` are allowed, got {sorted(phase)}.")
+            bad = set(phase.get("tasks", [])) - set(self.tasks)
+            if bad:
+                raise RecipeError(f"data.phases[{i}].tasks: {sorted(bad)} not in data.tasks.")
+            bad = set(phase.get("train", [])) - set(PARTS)
+            if bad:
+                raise RecipeError(f"data.phases[{i}].train: unknown part(s) {sorted(bad)}; parts are {', '.join(PARTS)}.")
+        if self.batch_size < 1:
+            raise RecipeError("data.batch_size must be at least 1.")
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = _f("runs/run", "Run folder: resolved recipe, logs, checkpoints.")
+    epochs: int = _f(1, "Passes over the training data (`phased`: one pass per phase, plus the joint one).")
+    max_steps: int = _f(-1, "Stop after this many optimizer steps (-1: run all epochs).")
+    lr: float = _f(1e-4, "Peak learning rate.")
+    weight_decay: float = _f(0.0, "AdamW weight decay.")
+    warmup_steps: int = _f(0, "Linear warm-up steps.")
+    lr_schedule: str = _f("cosine", "`cosine`, `linear` or `constant` after warm-up.")
+    grad_accum: int = _f(1, "Batches per optimizer step.")
+    max_grad_norm: float = _f(1.0, "Gradient clipping norm (0 = off).")
+    mixed_precision: str = _f("no", "`no`, `bf16` or `fp16` (accelerate autocast where the hardware has it).")
+    seed: int = _f(0, "Seed of initialisation, task schedule and dropout.")
+    save_every: int = _f(0, "Save a checkpoint every N optimizer steps (0: only at the end).")
+    keep_last: int = _f(2, "Checkpoints kept on disk (older ones are deleted).")
+    log_every: int = _f(10, "Log the mean loss per task every N steps.")
+
+    def __post_init__(self) -> None:
+        if self.lr_schedule not in ("cosine", "linear", "constant"):
+            raise RecipeError(f"train.lr_schedule: {self.lr_schedule!r} is not one of cosine, linear, constant.")
+        if self.mixed_precision not in ("no", "bf16", "fp16"):
+            raise RecipeError(f"train.mixed_precision: {self.mixed_precision!r} is not one of no, bf16, fp16.")
+        if self.grad_accum < 1:
+            raise RecipeError("train.grad_accum must be at least 1.")
+
+
+@dataclass
+class Recipe:
+    model: ModelConfig = _f(None, "Encoders, LLM and fusion.")
+    lora: LoraConfig = _f(None, "LoRA adapter of the LLM.")
+    heads: HeadsConfig = _f(None, "VA, gender and emotion-loss settings.")
+    data: DataConfig = _f(None, "Manifests, labels, tasks and schedule.")
+    train: TrainConfig = _f(None, "Optimisation and checkpoints.")
+
+    def __post_init__(self) -> None:
+        if "emotion" in self.data.tasks and not self.data.labels:
+            raise RecipeError("data.labels is empty but the emotion task is on: list the label set, "
+                              "e.g. [neutral, happy, angry, sad].")
+        if self.model.fusion == "feature" and self.model.paralinguistic.kind != "none" \
+                and self.model.paralinguistic.num_tokens != self.model.speech.num_tokens:
+            raise RecipeError("model.fusion is `feature`, so model.paralinguistic.num_tokens must equal "
+                              f"model.speech.num_tokens ({self.model.speech.num_tokens}).")
+        for name, part in (("speech", self.model.speech), ("paralinguistic", self.model.paralinguistic),
+                           ("llm", self.model.llm)):
+            if name == "paralinguistic" and part.kind != "ssl":
+                continue
+            if part.path is None and part.config is None:
+                raise RecipeError(f"model.{name}: set `path` (hub id or local folder) or `config`.")
+        if self.model.llm.path is None and self.model.llm.tokenizer is None:
+            raise RecipeError("model.llm.tokenizer must be set when the LLM is built from `config`.")
+
+
+# Sections whose fields are themselves dataclasses, for building from nested maps.
+_NESTED = {Recipe: {"model": ModelConfig, "lora": LoraConfig, "heads": HeadsConfig, "data": DataConfig,
+                    "train": TrainConfig},
+           ModelConfig: {"speech": SpeechEncoderConfig, "paralinguistic": ParalinguisticConfig,
+                         "llm": LLMConfig}}
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    """Check ``value`` against a field's type. PyYAML reads ``1e-4`` as a string (YAML 1.1
+    wants ``1.0e-4``), so numeric strings are accepted for float fields."""
+    hint = eval(annotation, vars(typing), {}) if isinstance(annotation, str) else annotation  # noqa: S307
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    for option in options:
+        if option is type(None) and value is None:
+            return value
+        if option is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if option is float and isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if option in (int, str, bool, list, dict) and type(value) is option:
+            return value
+    raise RecipeError(f"`{where}`: {value!r} is not of type {annotation}.")
+
+
+def _build(cls: type, data: dict | None, where: str) -> Any:
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise RecipeError(f"{where or 'recipe'}: expected a map of fields, got {type(data).__name__}.")
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f" Did you mean `{where}{close[0]}`?" if close else ""
+            raise RecipeError(f"unknown key `{where}{key}`.{hint} Valid keys here: {', '.join(names)}.")
+    kwargs = {}
+    for name, f in names.items():
+        sub = _NESTED.get(cls, {}).get(name)
+        if sub is not None:
+            kwargs[name] = _build(sub, data.get(name), f"{where}{name}.")
+        elif name in data:
+            kwargs[name] = _coerce(data[name], f.type, where + name)
+    return cls(**kwargs)
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise RecipeError(f"override {dotted}: `{key}` is not a section.")
+    node[keys[-1]] = value
+
+
+def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
+    """``["train.lr=1e-4"]`` -> ``[("train.lr", 1e-4)]`` (values parsed as YAML)."""
+    parsed = []
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise RecipeError(f"override {item!r} must look like section.field=value, e.g. train.lr=1e-4.")
+        parsed.append((key.strip(), yaml.safe_load(value)))
+    return parsed
+
+
+def load_recipe(path: str | Path | None = None, overrides: list[str] | None = None,
+                tree: dict | None = None) -> Recipe:
+    """Load a recipe from YAML (or an already parsed ``tree``) with dotted overrides."""
+    if tree is None:
+        path = Path(path)
+        if not path.is_file():
+            raise RecipeError(f"{path}: no such recipe. Shipped recipes are in recipes/.")
+        try:
+            tree = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise RecipeError(f"{path}: not valid YAML ({err}).") from err
+    tree = json.loads(json.dumps(tree))  # a deep copy that also rejects non-JSON values early
+    for key, value in parse_overrides(overrides or []):
+        _set_dotted(tree, key, value)
+    try:
+        return _build(Recipe, tree, "")
+    except RecipeError as err:
+        raise RecipeError(f"{path}: {err}" if path else str(err)) from None
+
+
+def recipe_to_dict(recipe: Recipe) -> dict:
+    return dataclasses.asdict(recipe)
+
+
+def save_recipe(recipe: Recipe, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False))
+
+
+def recipe_hash(recipe: Recipe) -> str:
+    """A short stable hash of the resolved recipe, for reports."""
+    return hashlib.sha256(json.dumps(recipe_to_dict(recipe), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def describe_fields(cls: type = Recipe, prefix: str = "") -> list[str]:
+    """One line per dotted key with its default and help, for ``--help``."""
+    lines = []
+    for f in dataclasses.fields(cls):
+        sub = _NESTED.get(cls, {}).get(f.name)
+        if sub is not None:
+            lines += describe_fields(sub, f"{prefix}{f.name}.")
+        else:
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            lines.append(f"  {prefix}{f.name} = {json.dumps(default)}\n      {f.metadata['help']}")
+    return lines

@@ -1,0 +1,251 @@
+"""Task examples, the seeded task schedule, and batch collation.
+
+Task alternation lives here, not in the training loop: :class:`TaskSchedule` turns the
+manifest rows usable by each task into an ordered list of single-task batches per epoch,
+as a pure function of ``(seed, epoch)``. A resumed run therefore rebuilds the same plan
+and skips the batches it has done.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from reasoning.audio import SAMPLE_RATE, load_audio
+
+log = logging.getLogger(__name__)
+
+AUDIO_PLACEHOLDER = "<audio>"
+INSTRUCTIONS = {
+    "asr": "Transcribe the speech.",
+    "emotion": "Which emotion does the speaker express? Answer with one of: {labels}.",
+    "va": "Rate the valence and arousal of the speaker.",
+    "rationale": "Which emotion does the speaker express, and what in the voice and the words shows it?",
+}
+
+
+def task_target(task: str, row: dict, labels: list[str]) -> str | None:
+    """The target text of ``row`` for ``task``, or None when the row cannot serve it."""
+    if task == "asr":
+        return (row.get("transcript") or "").strip() or None
+    if task == "emotion":
+        return row["emotion"] if row.get("emotion") in labels else None
+    if task == "va":
+        return "" if row.get("valence") is not None and row.get("arousal") is not None else None
+    if task == "rationale":
+        rationale = row.get("rationale") or {}
+        text = (rationale.get("text") or "").strip()
+        return text if text and (not labels or row.get("emotion") in labels) else None
+    raise ValueError(task)
+
+
+class PromptBuilder:
+    """Chat-formatted prompts with one audio placeholder, tokenised once per task.
+
+    The placeholder becomes ``num_audio_tokens`` positions, which the model fills with
+    the projected audio embeddings.
+    """
+
+    def __init__(self, tokenizer, labels: list[str], num_audio_tokens: int):
+        if tokenizer.chat_template is None:
+            raise ValueError("the tokenizer has no chat template; use an instruct model's tokenizer")
+        self.tokenizer = tokenizer
+        self.labels = list(labels)
+        self.num_audio_tokens = num_audio_tokens
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.turn_end_ids = self._turn_end_ids()
+        self._prompts: dict[str, tuple[list[int], list[bool]]] = {}
+
+    def _encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def _turn_end_ids(self) -> list[int]:
+        """The tokens that close an assistant turn in this chat template (e.g. <|im_end|>)."""
+        mark = "\u2403END\u2403"
+        text = self.tokenizer.apply_chat_template(
+            [{"role": "user", "content": "x"}, {"role": "assistant", "content": mark}], tokenize=False)
+        tail = text[text.index(mark) + len(mark):].strip()
+        ids = self._encode(tail) if tail else []
+        return ids or [self.tokenizer.eos_token_id]
+
+    def prompt(self, task: str) -> tuple[list[int], list[bool]]:
+        """Token ids of the prompt for ``task`` and which positions are audio."""
+        if task not in self._prompts:
+            instruction = INSTRUCTIONS[task].format(labels=", ".join(self.labels))
+            text = self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": f"{AUDIO_PLACEHOLDER}\n{instruction}"}],
+                tokenize=False, add_generation_prompt=True)
+            before, after = text.split(AUDIO_PLACEHOLDER)
+            head, tail = self._encode(before), self._encode(after)
+            ids = head + [self.pad_id] * self.num_audio_tokens + tail
+            audio = [False] * len(head) + [True] * self.num_audio_tokens + [False] * len(tail)
+            self._prompts[task] = (ids, audio)
+        return self._prompts[task]
+
+    def target(self, text: str) -> list[int]:
+        return self._encode(text) + self.turn_end_ids
+
+    def label_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(L, C) candidate ids (label + end of turn), right-padded, and their mask."""
+        seqs = [self.target(label) for label in self.labels]
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros(len(seqs), width, dtype=torch.long)
+        for i, s in enumerate(seqs):
+            ids[i, : len(s)] = torch.tensor(s)
+            mask[i, : len(s)] = 1
+        return ids, mask
+
+
+class AudioCache:
+    """Decoded clips, kept in memory after the first read (the bundled and test sets are
+    small; a large corpus should use the encoder-output cache instead)."""
+
+    def __init__(self, max_seconds: float = 30.0, keep: bool = True):
+        self.max_samples = int(max_seconds * SAMPLE_RATE)
+        self.keep = keep
+        self._waves: dict[tuple, np.ndarray] = {}
+
+    def __call__(self, row: dict) -> np.ndarray:
+        key = (row["audio"], row.get("start"), row.get("end"))
+        wave = self._waves.get(key)
+        if wave is None:
+            wave = load_audio(row["audio"], row.get("start"), row.get("end"))
+            if len(wave) > self.max_samples:
+                log.warning("%s: %.1f s is longer than the %.0f s encoder window; using the first %.0f s",
+                            row["audio"], len(wave) / SAMPLE_RATE, self.max_samples / SAMPLE_RATE,
+                            self.max_samples / SAMPLE_RATE)
+                wave = wave[: self.max_samples]
+            if self.keep:
+                self._waves[key] = wave
+        return wave
+
+
+@dataclass
+class Collator:
+    """Builds a model batch from manifest rows for one task (see :class:`DualEncoderLLM`)."""
+
+    builder: PromptBuilder
+    audio: AudioCache
+
+    def prompt_batch(self, task: str, n: int) -> dict:
+        """The prompt of ``task`` for ``n`` clips: input_ids, attention_mask, audio_mask (n, P)."""
+        ids, audio_mask = self.builder.prompt(task)
+        return {"input_ids": torch.tensor([ids] * n), "attention_mask": torch.ones(n, len(ids), dtype=torch.long),
+                "audio_mask": torch.tensor([audio_mask] * n)}
+
+    def __call__(self, rows: list[dict], task: str) -> dict:
+        b = self.builder
+        waves = [torch.from_numpy(self.audio(r)) for r in rows]
+        n = len(rows)
+        batch = {
+            "task": task,
+            "ids": [r["id"] for r in rows],
+            "waves": torch.nn.utils.rnn.pad_sequence(waves, batch_first=True),
+            "wave_lengths": torch.tensor([len(w) for w in waves]),
+            "gender": torch.tensor([{"f": 0, "m": 1}.get(r.get("gender"), -1) for r in rows]),
+            **self.prompt_batch(task, n),
+        }
+        targets = [b.target(task_target(task, r, b.labels) or "") if task != "va" else [] for r in rows]
+        width = max(len(t) for t in targets)
+        batch["target_ids"] = torch.full((n, width), b.pad_id, dtype=torch.long)
+        batch["target_mask"] = torch.zeros(n, width, dtype=torch.long)
+        for i, t in enumerate(targets):
+            batch["target_ids"][i, : len(t)] = torch.tensor(t, dtype=torch.long)
+            batch["target_mask"][i, : len(t)] = 1
+        if task == "va":
+            batch["va"] = torch.tensor([[r["valence"], r["arousal"]] for r in rows], dtype=torch.float32)
+        if task == "emotion" and b.labels:
+            batch["label_ids"], batch["label_mask"] = b.label_tensors()
+            if any(r.get("emotion_votes") for r in rows):
+                batch["votes"] = torch.tensor([vote_distribution(r, b.labels) for r in rows])
+        return batch
+
+
+def vote_distribution(row: dict, labels: list[str]) -> list[float]:
+    """The annotators' votes over ``labels`` as probabilities (votes for labels outside the
+    set are dropped); a one-hot of the gold label when no vote falls in the set."""
+    votes = row.get("emotion_votes") or {}
+    counts = np.array([float(votes.get(label, 0)) for label in labels])
+    if counts.sum() <= 0:
+        counts = np.array([float(label == row.get("emotion")) for label in labels])
+    return (counts / max(counts.sum(), 1e-9)).tolist()
+
+
+class TaskSchedule:
+    """Which task and which examples each step of an epoch uses.
+
+    * ``round_robin``: tasks take turns, in recipe order, until each has used its examples.
+    * ``weighted``: each step draws a task with probability ∝ (weight × examples)^(1/T);
+      as many steps as there are batches in all tasks together.
+    * ``phased``: epoch e trains only the tasks and parts of ``phases[e % len(phases)]``;
+      the last epoch is joint (every task, every part).
+
+    Batches are global: ``batch_size × world_size`` examples, of which rank r takes every
+    ``world_size``-th, so every process runs the same task at the same step.
+    """
+
+    def __init__(self, examples: dict[str, list[int]], weights: dict[str, float], batch_size: int,
+                 schedule: str = "round_robin", temperature: float = 1.0, phases: list | None = None,
+                 epochs: int = 1, seed: int = 0, world_size: int = 1,
+                 balance_labels: dict[int, str] | None = None):
+        self.examples = {t: list(v) for t, v in examples.items() if v}
+        self.weights = weights
+        self.batch_size = batch_size
+        self.schedule = schedule
+        self.temperature = temperature
+        self.phases = phases or []
+        self.epochs = epochs
+        self.seed = seed
+        self.world_size = world_size
+        self.balance_labels = balance_labels
+
+    def phase(self, epoch: int) -> dict:
+        """The tasks and parts of ``epoch`` (all of them outside ``phased``)."""
+        if self.schedule != "phased" or epoch == self.epochs - 1:
+            return {"tasks": list(self.examples), "train": None}
+        return self.phases[epoch % len(self.phases)]
+
+    def _task_batches(self, task: str, rng: np.random.Generator) -> list[list[int]]:
+        idx = np.array(self.examples[task])
+        if task == "emotion" and self.balance_labels:
+            by_label: dict[str, list[int]] = {}
+            for i in idx:
+                by_label.setdefault(self.balance_labels[int(i)], []).append(int(i))
+            least = min(len(v) for v in by_label.values())
+            idx = np.concatenate([rng.choice(v, least, replace=False) for _, v in sorted(by_label.items())])
+        idx = rng.permutation(idx).tolist()
+        size = self.batch_size * self.world_size
+        if self.world_size > 1 and len(idx) % self.world_size:  # equal shares on every rank
+            idx += idx[: self.world_size - len(idx) % self.world_size]
+        return [idx[i:i + size] for i in range(0, len(idx), size)]
+
+    def plan(self, epoch: int) -> list[tuple[str, list[int]]]:
+        """The ordered (task, global example indices) batches of ``epoch``."""
+        rng = np.random.default_rng([self.seed, epoch])
+        tasks = [t for t in self.phase(epoch)["tasks"] if t in self.examples]
+        queues = {t: self._task_batches(t, rng) for t in tasks}
+        out: list[tuple[str, list[int]]] = []
+        if self.schedule == "weighted":
+            p = np.array([(self.weights.get(t, 1.0) * len(self.examples[t])) ** (1 / self.temperature)
+                          for t in tasks])
+            pos = dict.fromkeys(tasks, 0)
+            for _ in range(sum(len(q) for q in queues.values())):
+                t = tasks[rng.choice(len(tasks), p=p / p.sum())]
+                if pos[t] == len(queues[t]):  # this task's examples are used up: reshuffle them
+                    queues[t], pos[t] = self._task_batches(t, rng), 0
+                out.append((t, queues[t][pos[t]]))
+                pos[t] += 1
+        else:
+            while any(queues.values()):
+                for t in tasks:
+                    if queues[t]:
+                        out.append((t, queues[t].pop(0)))
+        return out
+
+    @staticmethod
+    def shard(indices: list[int], rank: int, world_size: int) -> list[int]:
+        return indices[rank::world_size]

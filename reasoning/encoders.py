@@ -1,0 +1,144 @@
+"""Audio encoders: each maps a batch of waveforms to frame features and their lengths.
+
+Every encoder takes ``waves`` (B, S) float32 at 16 kHz, zero-padded on the right, and
+``wave_lengths`` (B,) in samples, and returns ``(features (B, T, D), lengths (B,))`` where
+frames at or beyond ``lengths[b]`` are padding. Encoders are built from modules that are
+already constructed (see :mod:`reasoning.builders`); none reads files.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+from transformers import WhisperFeatureExtractor
+
+from reasoning.audio import SAMPLE_RATE
+
+WHISPER_HOP = 160            # samples per mel frame (10 ms)
+WHISPER_WINDOW_FRAMES = 3000  # 30 s of mel frames
+
+
+class WhisperSpeechEncoder(nn.Module):
+    """Whisper's encoder with an explicit mel-length policy.
+
+    Whisper was pre-trained on 30 s windows, and transformers' ``WhisperEncoder.forward``
+    insists on 3000 mel frames, so a 2 s clip would cost a full 30 s forward. Policy
+    ``trim`` (the default) runs the encoder's own layers on the batch's longest clip only:
+    the convolutions see the real frames, the positional embeddings are sliced to that
+    length, and attention is masked past each clip's end. ``pad30`` pads every clip to
+    30 s, exactly as in pre-training, for comparison.
+    """
+
+    def __init__(self, encoder: nn.Module, feature_extractor: WhisperFeatureExtractor,
+                 mel_policy: str = "trim"):
+        super().__init__()
+        self.encoder = encoder
+        self.feature_extractor = feature_extractor
+        self.mel_policy = mel_policy
+        self.hidden_size = encoder.config.d_model
+
+    def mel(self, waves: torch.Tensor, wave_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-mel features (B, n_mels, F) and valid frame counts (B,)."""
+        arrays = [w[: int(n)].cpu().numpy() for w, n in zip(waves, wave_lengths)]
+        longest = max(len(a) for a in arrays)
+        target = WHISPER_WINDOW_FRAMES * WHISPER_HOP if self.mel_policy == "pad30" else longest
+        # Round up to an even number of frames so the stride-2 convolution sees whole pairs.
+        target = -(-target // (2 * WHISPER_HOP)) * 2 * WHISPER_HOP
+        feats = self.feature_extractor(arrays, sampling_rate=SAMPLE_RATE, padding="max_length",
+                                       max_length=target, return_tensors="pt",
+                                       return_attention_mask=False)["input_features"]
+        frames = torch.as_tensor([-(-len(a) // WHISPER_HOP) for a in arrays])
+        return feats[..., : target // WHISPER_HOP], frames
+
+    def forward(self, waves: torch.Tensor, wave_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        enc = self.encoder
+        feats, frames = self.mel(waves, wave_lengths)
+        feats = feats.to(device=enc.conv1.weight.device, dtype=enc.conv1.weight.dtype)
+        x = nn.functional.gelu(enc.conv1(feats))
+        x = nn.functional.gelu(enc.conv2(x)).permute(0, 2, 1)  # (B, T, D)
+        T = x.shape[1]
+        x = x + enc.embed_positions.weight[:T]
+        x = nn.functional.dropout(x, p=enc.dropout, training=self.training)
+        lengths = torch.clamp((frames + 1) // 2, max=T).to(x.device)
+        # Additive mask (B, 1, T, T): no clip attends to the padding after its end.
+        pad = torch.arange(T, device=x.device)[None, :] >= lengths[:, None]
+        mask = torch.zeros(x.shape[0], 1, T, T, dtype=x.dtype, device=x.device)
+        mask = mask.masked_fill(pad[:, None, None, :], torch.finfo(x.dtype).min)
+        for layer in enc.layers:
+            x = layer(x, mask)
+            x = x[0] if isinstance(x, tuple) else x
+        return enc.layer_norm(x), lengths
+
+
+class SSLEncoder(nn.Module):
+    """A transformers speech SSL model (WavLM, HuBERT, wav2vec2) read at one hidden layer,
+    or through learned softmax weights over all of them (``layer="weighted"``)."""
+
+    def __init__(self, model: nn.Module, layer: int | str = "weighted", normalize: bool = True):
+        super().__init__()
+        self.model = model
+        self.layer = layer
+        self.normalize = normalize
+        self.hidden_size = model.config.hidden_size
+        n_layers = model.config.num_hidden_layers + 1  # + the CNN feature projection
+        self.layer_weights = nn.Parameter(torch.zeros(n_layers)) if layer == "weighted" else None
+
+    def forward(self, waves: torch.Tensor, wave_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mask = (torch.arange(waves.shape[1], device=waves.device)[None, :] < wave_lengths[:, None])
+        if self.normalize:  # per-clip zero mean, unit variance over the real samples, as in pre-training
+            n = wave_lengths.clamp(min=1)[:, None].to(waves.dtype)
+            mean = (waves * mask).sum(1, keepdim=True) / n
+            var = (((waves - mean) * mask) ** 2).sum(1, keepdim=True) / n
+            waves = (waves - mean) / torch.sqrt(var + 1e-7) * mask
+        dtype = next(self.model.parameters()).dtype
+        out = self.model(waves.to(dtype), attention_mask=mask.long(), output_hidden_states=True)
+        hidden = out.hidden_states
+        if self.layer_weights is None:
+            x = hidden[self.layer]
+        else:
+            w = torch.softmax(self.layer_weights, 0).to(hidden[0].dtype)
+            x = sum(wi * h for wi, h in zip(w, hidden))
+        lengths = self.model._get_feat_extract_output_lengths(wave_lengths).clamp(max=x.shape[1])
+        return x, lengths.to(x.device)
+
+
+class OpenSmileEncoder(nn.Module):
+    """Frame-level eGeMAPS low-level descriptors (25 per 10 ms: pitch, loudness, jitter,
+    shimmer, HNR, formants, spectral slope...) through a small trainable encoder.
+
+    Needs no pretrained weights. The descriptors are computed by openSMILE on the CPU; the
+    input batch norm learns their very different scales.
+    """
+
+    def __init__(self, hidden_size: int = 128):
+        super().__init__()
+        import opensmile  # imported here: it loads a native library
+
+        self.smile = opensmile.Smile(feature_set=opensmile.FeatureSet.eGeMAPSv02,
+                                     feature_level=opensmile.FeatureLevel.LowLevelDescriptors)
+        n_features = len(self.smile.feature_names)
+        self.hidden_size = hidden_size
+        self.norm = nn.BatchNorm1d(n_features)
+        self.net = nn.Sequential(
+            nn.Conv1d(n_features, hidden_size, kernel_size=5, padding=2), nn.GELU(),
+            nn.Conv1d(hidden_size, hidden_size, kernel_size=5, padding=2), nn.GELU(),
+        )
+
+    def descriptors(self, wave: np.ndarray) -> np.ndarray:
+        """(frames, 25) low-level descriptors of one clip."""
+        lld = self.smile.process_signal(wave, SAMPLE_RATE).to_numpy(dtype=np.float32)
+        return np.nan_to_num(lld)
+
+    def forward(self, waves: torch.Tensor, wave_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        llds = [torch.from_numpy(self.descriptors(w[: int(n)].cpu().numpy()))
+                for w, n in zip(waves, wave_lengths)]
+        lengths = torch.as_tensor([max(len(x), 1) for x in llds], device=waves.device)
+        x = nn.utils.rnn.pad_sequence(llds, batch_first=True).to(waves.device)  # (B, T, 25)
+        if x.shape[1] == 0:
+            x = x.new_zeros(x.shape[0], 1, x.shape[2])
+        valid = torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None]  # (B, T)
+        normed = torch.zeros_like(x)
+        normed[valid] = self.norm(x[valid])  # statistics over real frames only, not padding
+        x = self.net(normed.transpose(1, 2)) * valid[:, None, :]
+        return x.transpose(1, 2), lengths

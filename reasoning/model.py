@@ -1,0 +1,250 @@
+"""The dual-encoder audio LLM.
+
+Data flow for a batch (B clips, prompts of P tokens with A audio positions each)::
+
+    waves (B, S) -> speech encoder  (B, Ts, Ds) -> projector -> (B, Ns, H)
+                 -> paralinguistic  (B, Tp, Dp) -> projector -> (B, Np, H)
+    fused audio (B, A, H), A = Ns + Np (sequence fusion) or Ns (feature fusion)
+    prompt embeddings (B, P, H) with the A audio positions replaced by the fused audio
+    -> LoRA LLM -> LM loss on the target text
+                -> hidden states at the audio positions -> pooled (B, H) -> VA head (B, 2)
+
+The model is assembled from parts that are already built (:mod:`reasoning.builders`).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+IGNORE = -100
+PARTS = ("speech", "paralinguistic", "llm", "heads")
+
+
+def pool_frames(x: torch.Tensor, lengths: torch.Tensor, num_tokens: int) -> torch.Tensor:
+    """Average (B, T, D) frames into exactly ``num_tokens`` tokens per clip, over each clip's
+    real frames only (adaptive average pooling that ignores padding). Returns (B, N, D)."""
+    T = x.shape[1]
+    L = lengths.clamp(min=1).to(x.device, torch.float32)[:, None]       # (B, 1)
+    i = torch.arange(num_tokens, device=x.device, dtype=torch.float32)[None, :]
+    start = torch.floor(i * L / num_tokens)                              # (B, N)
+    end = torch.maximum(torch.ceil((i + 1) * L / num_tokens), start + 1)
+    t = torch.arange(T, device=x.device, dtype=torch.float32)[None, None, :]
+    w = ((t >= start[..., None]) & (t < end[..., None])).to(x.dtype)     # (B, N, T)
+    return torch.bmm(w / w.sum(-1, keepdim=True), x)
+
+
+class Projector(nn.Module):
+    """Temporal pooling to the recipe's token budget, then a two-layer MLP into the LLM's
+    embedding space: (B, T, D) -> (B, num_tokens, llm_hidden)."""
+
+    def __init__(self, in_dim: int, llm_hidden: int, num_tokens: int, hidden: int = 512):
+        super().__init__()
+        self.num_tokens = num_tokens
+        self.mlp = nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Linear(hidden, llm_hidden))
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return self.mlp(pool_frames(x.float(), lengths, self.num_tokens))
+
+
+class VAHead(nn.Module):
+    """Valence and arousal in [-1, 1] from hidden states pooled over the audio positions."""
+
+    def __init__(self, hidden: int, pooling: str = "mean", n_out: int = 2):
+        super().__init__()
+        self.pooling = pooling
+        self.query = nn.Linear(hidden, 1) if pooling == "attention" else None
+        self.mlp = nn.Sequential(nn.Linear(hidden, 256), nn.GELU(), nn.Linear(256, n_out))
+
+    def pool(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B, T, H) hidden states and (B, T) bool mask -> (B, H)."""
+        h = h.float()
+        if self.query is None:
+            m = mask[..., None].float()
+            return (h * m).sum(1) / m.sum(1).clamp(min=1)
+        scores = self.query(h).squeeze(-1).masked_fill(~mask, float("-inf"))
+        return torch.einsum("bt,bth->bh", torch.softmax(scores, -1), h)
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.mlp(pooled))
+
+
+def ccc(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Concordance correlation coefficient per column of (N, D) inputs -> (D,)."""
+    pm, tm = pred.mean(0), target.mean(0)
+    cov = ((pred - pm) * (target - tm)).mean(0)
+    return 2 * cov / (pred.var(0, unbiased=False) + target.var(0, unbiased=False) + (pm - tm) ** 2 + 1e-8)
+
+
+def ccc_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean over dimensions of 1 - CCC."""
+    return (1 - ccc(pred, target)).mean()
+
+
+class DualEncoderLLM(nn.Module):
+    """Whisper + paralinguistic encoders, projectors, a (LoRA) LLM and the heads.
+
+    ``forward(batch)`` returns a dict of losses for the batch's task; ``score_labels``,
+    ``predict_va`` and ``generate`` serve prediction.
+    """
+
+    def __init__(self, speech_encoder: nn.Module, paralinguistic_encoder: nn.Module | None,
+                 projectors: nn.ModuleDict, llm: nn.Module, va_head: VAHead,
+                 gender_head: nn.Module | None = None, fusion: str = "sequence",
+                 fuse: nn.Module | None = None, va_layer: int = -1, va_loss: str = "ccc",
+                 va_weight: float = 1.0, gender_weight: float = 0.0, emotion_loss: str = "lm"):
+        super().__init__()
+        self.speech_encoder = speech_encoder
+        self.paralinguistic_encoder = paralinguistic_encoder
+        self.projectors = projectors
+        self.fuse = fuse
+        self.llm = llm
+        self.va_head = va_head
+        self.gender_head = gender_head
+        self.fusion = fusion
+        self.va_layer = va_layer
+        self.va_loss = va_loss
+        self.va_weight = va_weight
+        self.gender_weight = gender_weight
+        self.emotion_loss = emotion_loss
+
+    @property
+    def num_audio_tokens(self) -> int:
+        n = self.projectors["speech"].num_tokens
+        if self.paralinguistic_encoder is not None and self.fusion == "sequence":
+            n += self.projectors["paralinguistic"].num_tokens
+        return n
+
+    def part_of(self, name: str) -> str:
+        """Which trainable part (speech, paralinguistic, llm, heads) a parameter belongs to."""
+        for prefix, part in (("speech_encoder.", "speech"), ("projectors.speech.", "speech"),
+                             ("paralinguistic_encoder.", "paralinguistic"),
+                             ("projectors.paralinguistic.", "paralinguistic"), ("fuse.", "paralinguistic"),
+                             ("llm.", "llm"), ("va_head.", "heads"), ("gender_head.", "heads")):
+            if name.startswith(prefix):
+                return part
+        raise KeyError(name)
+
+    # -- audio ----------------------------------------------------------------------
+    def encode_audio(self, waves: torch.Tensor, wave_lengths: torch.Tensor) -> torch.Tensor:
+        """(B, S) waves -> (B, A, H) audio embeddings in the LLM's dtype."""
+        feats, lengths = self.speech_encoder(waves, wave_lengths)
+        audio = self.projectors["speech"](feats, lengths)
+        if self.paralinguistic_encoder is not None:
+            pfeats, plengths = self.paralinguistic_encoder(waves, wave_lengths)
+            para = self.projectors["paralinguistic"](pfeats, plengths)
+            audio = torch.cat([audio, para], 1) if self.fusion == "sequence" \
+                else self.fuse(torch.cat([audio, para], -1))
+        return audio.to(self.llm.get_input_embeddings().weight.dtype)
+
+    def embed_prompt(self, batch: dict, audio: torch.Tensor | None = None) -> torch.Tensor:
+        """Prompt embeddings (B, P, H) with the audio placeholder positions replaced by
+        ``audio`` (B, A, H), encoded from the batch's waves when not given."""
+        emb = self.llm.get_input_embeddings()(batch["input_ids"])
+        if audio is None:
+            audio = self.encode_audio(batch["waves"], batch["wave_lengths"])
+        mask = batch["audio_mask"]
+        emb = emb.masked_scatter(mask[..., None], audio.reshape(-1, audio.shape[-1]))
+        return emb
+
+    # -- losses ---------------------------------------------------------------------
+    def _run(self, embeds: torch.Tensor, mask: torch.Tensor, **kw):
+        positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+        return self.llm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, **kw)
+
+    def lm_loss(self, batch: dict, prompt_embeds: torch.Tensor, want_hidden: bool = False):
+        """Next-token loss on the target text (teacher forcing)."""
+        tgt_emb = self.llm.get_input_embeddings()(batch["target_ids"])
+        embeds = torch.cat([prompt_embeds, tgt_emb], 1)
+        mask = torch.cat([batch["attention_mask"], batch["target_mask"]], 1)
+        out = self._run(embeds, mask, output_hidden_states=want_hidden)
+        P = prompt_embeds.shape[1]
+        logits = out.logits[:, P - 1:-1].float()  # position t predicts target token t
+        labels = batch["target_ids"].masked_fill(~batch["target_mask"].bool(), IGNORE)
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE)
+        return loss, out
+
+    def pooled_audio_state(self, hidden_states, audio_mask: torch.Tensor) -> torch.Tensor:
+        h = hidden_states[self.va_layer][:, : audio_mask.shape[1]]
+        return self.va_head.pool(h, audio_mask)
+
+    def forward(self, batch: dict) -> dict[str, torch.Tensor]:
+        """Losses of one single-task batch: ``{"loss": total, <component>: value, ...}``."""
+        task = batch["task"]
+        prompt = self.embed_prompt(batch)
+        losses: dict[str, torch.Tensor] = {}
+        want_gender = self.gender_head is not None and self.gender_weight > 0 and task in ("emotion", "va")
+        if task == "va":
+            out = self._run(prompt, batch["attention_mask"], output_hidden_states=True)
+            pooled = self.pooled_audio_state(out.hidden_states, batch["audio_mask"])
+            pred = self.va_head(pooled)
+            target = batch["va"].to(pred.dtype)
+            losses["va"] = ccc_loss(pred, target) if self.va_loss == "ccc" else F.mse_loss(pred, target)
+            losses["loss"] = self.va_weight * losses["va"]
+        else:
+            use_soft = task == "emotion" and self.emotion_loss in ("soft", "both") and batch.get("votes") is not None
+            if not use_soft or self.emotion_loss == "both":
+                losses["lm"], out = self.lm_loss(batch, prompt, want_hidden=want_gender)
+            if use_soft:
+                logp = self.score_labels(batch, prompt_embeds=prompt)
+                votes = batch["votes"].to(logp.dtype)
+                losses["kl"] = F.kl_div(logp, votes, reduction="batchmean")
+                if want_gender and "lm" not in losses:
+                    out = self._run(prompt, batch["attention_mask"], output_hidden_states=True)
+            losses["loss"] = sum(v for v in losses.values())
+            pooled = self.pooled_audio_state(out.hidden_states, batch["audio_mask"]) if want_gender else None
+        if want_gender:
+            known = batch["gender"] >= 0
+            if known.any():
+                logits = self.gender_head(pooled[known])
+                losses["gender"] = F.cross_entropy(logits, batch["gender"][known])
+                losses["loss"] = losses["loss"] + self.gender_weight * losses["gender"]
+        return losses
+
+    # -- prediction -----------------------------------------------------------------
+    def score_labels(self, batch: dict, prompt_embeds: torch.Tensor | None = None) -> torch.Tensor:
+        """Log-probabilities (B, L) of each label of ``batch["label_ids"]`` given the clip.
+
+        One pass over the prompt fills the KV cache, which is shared by all L candidate
+        continuations (label tokens + end of turn) in a second, batched pass. The sequence
+        log-likelihoods are normalised over the label set, so ``exp`` of a row sums to 1.
+        """
+        if prompt_embeds is None:
+            prompt_embeds = self.embed_prompt(batch)
+        mask = batch["attention_mask"]
+        cand, cand_mask = batch["label_ids"], batch["label_mask"]  # (L, C)
+        B, L = prompt_embeds.shape[0], cand.shape[0]
+        out = self._run(prompt_embeds, mask, use_cache=True)
+        cache = out.past_key_values
+        cache.batch_repeat_interleave(L)
+        ids = cand.repeat(B, 1)                                       # (B*L, C)
+        cmask = cand_mask.repeat(B, 1)
+        full_mask = torch.cat([mask.repeat_interleave(L, 0), cmask], 1)
+        start = mask.long().sum(-1).repeat_interleave(L)[:, None]
+        positions = start + torch.arange(ids.shape[1], device=ids.device)[None, :]
+        cont = self.llm(input_ids=ids, attention_mask=full_mask, position_ids=positions,
+                        past_key_values=cache, use_cache=True)
+        first = torch.log_softmax(out.logits[:, -1].float(), -1).repeat_interleave(L, 0)  # (B*L, V)
+        rest = torch.log_softmax(cont.logits[:, :-1].float(), -1)                         # (B*L, C-1, V)
+        lp = torch.cat([first.gather(-1, ids[:, :1]), rest.gather(-1, ids[:, 1:, None]).squeeze(-1)], 1)
+        seq = (lp * cmask).sum(-1).view(B, L)
+        return torch.log_softmax(seq, -1)
+
+    @torch.no_grad()
+    def predict_va(self, batch: dict, prompt_embeds: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, 2) valence, arousal in [-1, 1]."""
+        if prompt_embeds is None:
+            prompt_embeds = self.embed_prompt(batch)
+        out = self._run(prompt_embeds, batch["attention_mask"], output_hidden_states=True)
+        return self.va_head(self.pooled_audio_state(out.hidden_states, batch["audio_mask"]))
+
+    @torch.no_grad()
+    def generate(self, batch: dict, eos_token_id: list[int], pad_token_id: int,
+                 max_new_tokens: int = 64, prompt_embeds: torch.Tensor | None = None) -> torch.Tensor:
+        """Greedy decoding after the prompt; returns the new token ids (B, <= max_new_tokens)."""
+        if prompt_embeds is None:
+            prompt_embeds = self.embed_prompt(batch)
+        return self.llm.generate(inputs_embeds=prompt_embeds, attention_mask=batch["attention_mask"],
+                                 max_new_tokens=max_new_tokens, do_sample=False,
+                                 eos_token_id=eos_token_id, pad_token_id=pad_token_id)

@@ -1,0 +1,269 @@
+"""Training: ``accelerate launch -m reasoning.train --config recipes/X.yaml [key=value ...]``
+or ``emoreason train --config recipes/X.yaml``.
+
+One task per batch, in the order the seeded :class:`~reasoning.data.TaskSchedule` plans.
+The loop reads ``batch["task"]`` only to log the loss per task.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from reasoning.builders import build_model, materialize
+from reasoning.checkpoint import (list_checkpoints, load_trainable, load_training_state,
+                                  resolve_checkpoint, save_checkpoint)
+from reasoning.config import RECIPE_NAME, Recipe, describe_fields, load_recipe, save_recipe
+from reasoning.data import AudioCache, Collator, PromptBuilder, TaskSchedule, task_target
+from reasoning.errors import UserError
+from reasoning.manifest import read_manifest
+
+log = logging.getLogger(__name__)
+
+HISTORY_FILE = "losses.jsonl"
+
+
+def select_rows(rows: list[dict], splits: list[str]) -> list[dict]:
+    return [r for r in rows if not splits or r.get("split") in splits]
+
+
+class TrainRecipe:
+    """``setup()`` builds the parts in dependency order, ``train()`` loops,
+    ``save_checkpoint()`` writes one, ``cleanup()`` ends the process group."""
+
+    def __init__(self, recipe: Recipe, resume: str | bool = False):
+        self.recipe = recipe
+        self.resume = resume
+        self.history: list[dict] = []
+        self.bar = None  # the progress bar, while train() runs
+
+    # -- setup ------------------------------------------------------------------------
+    def setup(self) -> None:
+        self._setup_accelerator()
+        self._setup_output()
+        self._setup_model()
+        self._setup_data()
+        self._setup_optimizer()
+        self._setup_resume()
+
+    def _setup_accelerator(self) -> None:
+        from accelerate import Accelerator, DistributedDataParallelKwargs
+
+        t = self.recipe.train
+        # Tasks use different parts (the VA head only in `va` batches), so DDP must allow
+        # parameters without gradients in a step.
+        self.accelerator = Accelerator(
+            mixed_precision=t.mixed_precision,
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+        self.rank = self.accelerator.process_index
+        self.world = self.accelerator.num_processes
+        torch.manual_seed(t.seed)
+
+    def _setup_output(self) -> None:
+        self.output_dir = Path(self.recipe.train.output_dir)
+        if self.accelerator.is_main_process:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            materialize(self.recipe, self.output_dir, seed=self.recipe.train.seed)
+            save_recipe(self.recipe, self.output_dir / RECIPE_NAME)
+        self.accelerator.wait_for_everyone()
+        if not self.accelerator.is_main_process:  # the paths the main process wrote
+            self.recipe = load_recipe(self.output_dir / RECIPE_NAME)
+
+    def _setup_model(self) -> None:
+        torch.manual_seed(self.recipe.train.seed)
+        self.model, self.tokenizer = build_model(self.recipe)
+        self.model.train()
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.part_names = {self.model.part_of(n): [] for n, _ in self.model.named_parameters()}
+        for n, p in self.model.named_parameters():
+            if p.requires_grad:
+                self.part_names[self.model.part_of(n)].append(p)
+
+    def _setup_data(self) -> None:
+        d, r = self.recipe.data, self.recipe
+        rows = select_rows(read_manifest(d.train_manifest), d.train_split)
+        if not rows:
+            raise UserError(f"{d.train_manifest}: no rows in split(s) {d.train_split}. "
+                            "Check data.train_split against the manifest's `split` values.")
+        self.rows = rows
+        self.builder = PromptBuilder(self.tokenizer, d.labels, self.model.num_audio_tokens)
+        self.collate = Collator(self.builder, AudioCache(r.model.speech.max_seconds))
+        examples = {t: [i for i, row in enumerate(rows) if task_target(t, row, d.labels) is not None]
+                    for t in d.tasks}
+        for task, idx in examples.items():
+            if not idx:
+                log.warning("task %s: no row of %s can serve it; it is skipped", task, d.train_manifest)
+        self.schedule = TaskSchedule(
+            examples, d.tasks, d.batch_size, d.schedule, d.temperature, d.phases, r.train.epochs,
+            r.train.seed, self.world,
+            balance_labels={i: row["emotion"] for i, row in enumerate(rows)} if d.class_balanced else None)
+        if not self.schedule.examples:
+            raise UserError(f"{d.train_manifest}: no row serves any task in data.tasks.")
+        self.plans = [self.schedule.plan(e) for e in range(r.train.epochs)]
+        log.info("examples per task: %s", {t: len(v) for t, v in examples.items()})
+
+    def _setup_optimizer(self) -> None:
+        from transformers import get_scheduler
+
+        t = self.recipe.train
+        steps = sum(math.ceil(len(p) / t.grad_accum) for p in self.plans)
+        self.total_steps = min(steps, t.max_steps) if t.max_steps > 0 else steps
+        self.optimizer = torch.optim.AdamW(self.params, lr=t.lr, weight_decay=t.weight_decay)
+        self.scheduler = get_scheduler(t.lr_schedule if t.lr_schedule != "constant" else "constant_with_warmup",
+                                       self.optimizer, num_warmup_steps=t.warmup_steps,
+                                       num_training_steps=self.total_steps)
+        self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
+        self.state = {"epoch": 0, "batch": 0, "step": 0}
+
+    def _setup_resume(self) -> None:
+        if not self.resume:
+            return
+        ckpt = resolve_checkpoint(self.output_dir if self.resume is True else self.resume)
+        load_trainable(self.unwrapped, ckpt)
+        self.state = load_training_state(ckpt, self.optimizer, self.scheduler)
+        history = self.output_dir / HISTORY_FILE
+        if history.is_file():  # keep the losses logged up to the checkpoint, drop the rest
+            kept = [json.loads(x) for x in history.read_text().splitlines() if x.strip()]
+            self.history = [h for h in kept if h["step"] <= self.state["step"]]
+            if self.accelerator.is_main_process:
+                history.write_text("".join(json.dumps(h) + "\n" for h in self.history))
+        log.info("resumed from %s at step %d (epoch %d, batch %d)", ckpt, self.state["step"],
+                 self.state["epoch"], self.state["batch"])
+
+    @property
+    def unwrapped(self):
+        return self.accelerator.unwrap_model(self.model)
+
+    # -- training ---------------------------------------------------------------------
+    def _batch(self, task: str, indices: list[int]) -> dict:
+        mine = TaskSchedule.shard(indices, self.rank, self.world)
+        batch = self.collate([self.rows[i] for i in mine], task)
+        return {k: v.to(self.accelerator.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+    def _mask_frozen_parts(self, parts: list[str] | None) -> None:
+        """`phased` schedule: parts outside this phase get no gradient, so AdamW leaves them
+        (and their moments) untouched."""
+        if parts is None:
+            return
+        for part, params in self.part_names.items():
+            if part not in parts:
+                for p in params:
+                    p.grad = None
+
+    def train(self) -> list[dict]:
+        """Run every remaining epoch (or up to ``train.max_steps``), then save a checkpoint.
+        Returns the loss history: one record per batch."""
+        t = self.recipe.train
+        self.bar = tqdm(total=self.total_steps, initial=self.state["step"], dynamic_ncols=True,
+                        disable=not self.accelerator.is_main_process, desc="train")
+        for epoch in range(self.state["epoch"], t.epochs):
+            if not self.train_epoch(epoch):
+                break
+        self.bar.close()
+        self.bar = None
+        self.save_checkpoint()
+        return self.history
+
+    def train_epoch(self, epoch: int) -> bool:
+        """One epoch of the plan, from where the state says; False once max_steps is reached."""
+        t, acc = self.recipe.train, self.accelerator
+        plan, parts = self.plans[epoch], self.schedule.phase(epoch)["train"]
+        start = self.state["batch"] if epoch == self.state["epoch"] else 0
+        running: dict[str, list[float]] = {}
+        for i in range(start, len(plan), t.grad_accum):
+            if self.state["step"] >= self.total_steps:
+                return False
+            group = plan[i:i + t.grad_accum]
+            for j, (task, indices) in enumerate(group):
+                batch = self._batch(task, indices)
+                sync = nullcontext() if j == len(group) - 1 else acc.no_sync(self.model)
+                with sync:
+                    with acc.autocast():
+                        losses = self.model(batch)
+                    acc.backward(losses["loss"] / len(group))
+                record = {k: acc.reduce(v.detach(), "mean").item() for k, v in losses.items()}
+                running.setdefault(task, []).append(record["loss"])
+                self.history.append({"step": self.state["step"] + 1, "epoch": epoch, "task": task, **record})
+            self._mask_frozen_parts(parts)
+            if t.max_grad_norm > 0:
+                acc.clip_grad_norm_(self.params, t.max_grad_norm)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.state.update(epoch=epoch, batch=i + len(group), step=self.state["step"] + 1)
+            if self.bar is not None:
+                self.bar.update(1)
+            self._append_history(len(group))
+            if t.log_every and self.state["step"] % t.log_every == 0:
+                self._flush_log(running)
+            if t.save_every and self.state["step"] % t.save_every == 0:
+                self.save_checkpoint()
+        self._flush_log(running)
+        self.state.update(epoch=epoch + 1, batch=0)
+        return True
+
+    def _append_history(self, n_new: int) -> None:
+        if self.accelerator.is_main_process:
+            with (self.output_dir / HISTORY_FILE).open("a") as f:
+                for h in self.history[-n_new:]:
+                    f.write(json.dumps(h) + "\n")
+
+    def _flush_log(self, running: dict) -> None:
+        if running and self.accelerator.is_main_process:
+            parts = " | ".join(f"{task} {sum(v) / len(v):.4f}" for task, v in running.items())
+            log.info("step %d/%d | lr %.2e | %s", self.state["step"], self.total_steps,
+                     self.scheduler.get_last_lr()[0], parts)
+        running.clear()
+
+    def save_checkpoint(self) -> Path | None:
+        self.accelerator.wait_for_everyone()
+        path = None
+        if self.accelerator.is_main_process:
+            existing = list_checkpoints(self.output_dir)
+            if existing and existing[-1].name == f"checkpoint-{self.state['step']:06d}":
+                return existing[-1]
+            path = save_checkpoint(self.output_dir, self.state["step"], self.unwrapped, self.recipe,
+                                   dict(self.state, labels=self.recipe.data.labels),
+                                   self.optimizer, self.scheduler, self.recipe.train.keep_last)
+        self.accelerator.wait_for_everyone()
+        return path
+
+    def cleanup(self) -> None:
+        self.accelerator.end_training()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="a recipe YAML (see recipes/)")
+    parser.add_argument("--resume", nargs="?", const=True, default=False,
+                        help="continue from the latest checkpoint of train.output_dir, or from PATH")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="dotted recipe overrides, e.g. train.lr=1e-4 data.batch_size=4")
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = "recipe keys (default, help):\n" + "\n".join(describe_fields())
+
+
+def run(args: argparse.Namespace) -> int:
+    recipe = load_recipe(args.config, args.overrides)
+    trainer = TrainRecipe(recipe, resume=args.resume)
+    trainer.setup()
+    trainer.train()
+    trainer.cleanup()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from reasoning.cli import main as cli_main
+
+    return cli_main(["train", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

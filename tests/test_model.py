@@ -1,0 +1,118 @@
+import numpy as np
+import pytest
+import torch
+
+from reasoning.builders import build_model, materialize
+from reasoning.config import load_recipe
+from reasoning.data import AudioCache, Collator, PromptBuilder
+from reasoning.manifest import read_manifest
+from reasoning.model import ccc, pool_frames
+
+from conftest import SAMPLES, tiny_recipe_tree
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tiny")
+    recipe = materialize(load_recipe(tree=tiny_recipe_tree(out)), out)
+    torch.manual_seed(0)
+    model, tokenizer = build_model(recipe)
+    model.eval()
+    rows = read_manifest(SAMPLES)[:4]
+    builder = PromptBuilder(tokenizer, recipe.data.labels, model.num_audio_tokens)
+    return model, tokenizer, recipe, Collator(builder, AudioCache()), rows
+
+
+def test_pool_frames_averages_real_frames_only():
+    x = torch.randn(2, 10, 3)
+    lengths = torch.tensor([10, 6])
+    pooled = pool_frames(x, lengths, 3)
+    assert pooled.shape == (2, 3, 3)
+    # clip 1 has 6 real frames: tokens average frames [0,2), [2,4), [4,6)
+    for i, (a, b) in enumerate([(0, 2), (2, 4), (4, 6)]):
+        torch.testing.assert_close(pooled[1, i], x[1, a:b].mean(0))
+    # padding after a clip's end never changes its tokens
+    y = x.clone()
+    y[1, 6:] = 1e6
+    torch.testing.assert_close(pool_frames(y, lengths, 3)[1], pooled[1])
+
+
+def test_ccc_matches_its_formula():
+    rng = np.random.default_rng(0)
+    p, t = rng.normal(size=(50, 2)), rng.normal(size=(50, 2)) + 0.3
+    expected = [2 * np.cov(p[:, d], t[:, d], bias=True)[0, 1]
+                / (p[:, d].var() + t[:, d].var() + (p[:, d].mean() - t[:, d].mean()) ** 2) for d in range(2)]
+    np.testing.assert_allclose(ccc(torch.tensor(p), torch.tensor(t)).numpy(), expected, rtol=1e-6)
+    assert float(ccc(torch.tensor(p), torch.tensor(p))[0]) == pytest.approx(1.0)
+
+
+def test_label_probabilities_sum_to_one_and_match_full_scoring(tiny):
+    model, _, recipe, collate, rows = tiny
+    batch = collate(rows, "emotion")
+    with torch.no_grad():
+        logp = model.score_labels(batch)
+    assert logp.shape == (len(rows), len(recipe.data.labels))
+    torch.testing.assert_close(logp.exp().sum(-1), torch.ones(len(rows)))
+
+    # The shared-prefix pass equals scoring each full sequence "prompt + label" on its own.
+    with torch.no_grad():
+        prompt = model.embed_prompt(batch)
+        brute = torch.zeros_like(logp)
+        for j in range(len(recipe.data.labels)):
+            ids = batch["label_ids"][j][batch["label_mask"][j].bool()]
+            emb = torch.cat([prompt, model.llm.get_input_embeddings()(ids).expand(len(rows), -1, -1)], 1)
+            logits = model.llm(inputs_embeds=emb).logits.float()
+            lp = torch.log_softmax(logits[:, prompt.shape[1] - 1:-1], -1)
+            brute[:, j] = lp.gather(-1, ids.expand(len(rows), -1)[..., None]).squeeze(-1).sum(-1)
+    torch.testing.assert_close(logp, torch.log_softmax(brute, -1), atol=1e-4, rtol=1e-4)
+
+
+def test_speech_encoder_trims_and_masks_padding(tiny):
+    model, *_ = tiny
+    enc = model.speech_encoder
+    a = torch.randn(16000) * 0.1
+    batch = lambda other: (torch.nn.utils.rnn.pad_sequence([a, other], batch_first=True),  # noqa: E731
+                           torch.tensor([len(a), len(other)]))
+    with torch.no_grad():
+        x3, len3 = enc(*batch(torch.randn(48000) * 0.1))
+        x4, len4 = enc(*batch(torch.randn(64000) * 0.1))
+    assert x3.shape[1] == 150 and x4.shape[1] == 200  # 10 ms mel frames, stride 2: not 1500
+    assert int(len3[0]) == int(len4[0]) == 50
+    torch.testing.assert_close(x3[0, :50], x4[0, :50], atol=1e-5, rtol=1e-4)
+
+    enc.mel_policy = "pad30"
+    try:
+        with torch.no_grad():
+            x30, len30 = enc(*batch(torch.randn(48000) * 0.1))
+    finally:
+        enc.mel_policy = "trim"
+    assert x30.shape[1] == 1500 and int(len30[0]) == 50
+
+
+def test_paralinguistic_encoders_report_frame_lengths(tiny):
+    from reasoning.encoders import OpenSmileEncoder
+
+    model, *_ = tiny
+    waves = torch.nn.utils.rnn.pad_sequence([torch.randn(16000) * 0.1, torch.randn(8000) * 0.1], batch_first=True)
+    lengths = torch.tensor([16000, 8000])
+    with torch.no_grad():
+        x, n = model.paralinguistic_encoder(waves, lengths)
+    assert x.shape[0] == 2 and n[0] > n[1] and int(n[0]) == x.shape[1]
+    smile = OpenSmileEncoder(hidden_size=16)
+    smile.eval()
+    with torch.no_grad():
+        y, m = smile(waves, lengths)
+    assert y.shape == (2, int(m[0]), 16) and 95 <= int(m[0]) <= 100 and int(m[1]) < int(m[0])
+    assert not y[1, int(m[1]):].any()  # padding frames stay zero
+
+
+def test_feature_fusion_and_opensmile_build(tmp_path):
+    tree = tiny_recipe_tree(tmp_path)
+    tree["model"]["fusion"] = "feature"
+    tree["model"]["paralinguistic"] = {"kind": "opensmile", "num_tokens": 16, "hidden_size": 16}
+    recipe = materialize(load_recipe(tree=tree), tmp_path)
+    model, tokenizer = build_model(recipe)
+    assert model.num_audio_tokens == 16
+    collate = Collator(PromptBuilder(tokenizer, recipe.data.labels, 16), AudioCache())
+    losses = model(collate(read_manifest(SAMPLES)[:2], "emotion"))
+    assert torch.isfinite(losses["loss"])

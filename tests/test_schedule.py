@@ -1,0 +1,53 @@
+from collections import Counter
+
+from reasoning.data import TaskSchedule
+
+EXAMPLES = {"asr": list(range(20)), "emotion": list(range(20)), "va": list(range(10)), "rationale": list(range(5))}
+WEIGHTS = dict.fromkeys(EXAMPLES, 1.0)
+
+
+def test_same_seed_same_order_and_other_seed_other_order():
+    a = TaskSchedule(EXAMPLES, WEIGHTS, 4, "weighted", seed=1, epochs=2)
+    b = TaskSchedule(EXAMPLES, WEIGHTS, 4, "weighted", seed=1, epochs=2)
+    c = TaskSchedule(EXAMPLES, WEIGHTS, 4, "weighted", seed=2, epochs=2)
+    assert a.plan(0) == b.plan(0) and a.plan(1) == b.plan(1)
+    assert a.plan(0) != c.plan(0)
+    assert a.plan(0) != a.plan(1), "each epoch reshuffles"
+
+
+def test_round_robin_alternates_and_uses_every_example_once():
+    plan = TaskSchedule(EXAMPLES, WEIGHTS, 4, "round_robin").plan(0)
+    assert [t for t, _ in plan[:4]] == ["asr", "emotion", "va", "rationale"]
+    for task, idx in EXAMPLES.items():
+        used = sorted(i for t, b in plan if t == task for i in b)
+        assert used == idx
+
+
+def test_weighted_follows_example_counts_and_temperature():
+    big = {"asr": list(range(400)), "va": list(range(100))}
+    counts = Counter(t for t, _ in TaskSchedule(big, {"asr": 1, "va": 1}, 2, "weighted").plan(0))
+    assert 3.0 < counts["asr"] / counts["va"] < 5.5  # about 4:1
+    flat = Counter(t for t, _ in TaskSchedule(big, {"asr": 1, "va": 1}, 2, "weighted", temperature=100).plan(0))
+    assert 0.7 < flat["asr"] / flat["va"] < 1.4  # a high temperature evens the tasks out
+
+
+def test_phased_epochs_then_a_joint_one():
+    phases = [{"tasks": ["asr"], "train": ["speech"]}, {"tasks": ["emotion", "va"], "train": ["heads"]}]
+    s = TaskSchedule(EXAMPLES, WEIGHTS, 4, "phased", phases=phases, epochs=3)
+    assert {t for t, _ in s.plan(0)} == {"asr"} and s.phase(0)["train"] == ["speech"]
+    assert {t for t, _ in s.plan(1)} == {"emotion", "va"}
+    assert {t for t, _ in s.plan(2)} == set(EXAMPLES) and s.phase(2)["train"] is None
+
+
+def test_ranks_get_equal_disjoint_shares_of_every_batch():
+    s = TaskSchedule({"emotion": list(range(11))}, {"emotion": 1}, 2, world_size=2)
+    for _, batch in s.plan(0):
+        r0, r1 = s.shard(batch, 0, 2), s.shard(batch, 1, 2)
+        assert len(r0) == len(r1) and not set(r0) & set(r1) or batch.count(batch[0]) > 1
+
+
+def test_class_balanced_undersamples_frequent_labels():
+    labels = {i: ("neutral" if i < 15 else "sad") for i in range(20)}
+    s = TaskSchedule({"emotion": list(range(20))}, {"emotion": 1}, 4, balance_labels=labels)
+    used = [i for _, b in s.plan(0) for i in b]
+    assert Counter(labels[i] for i in used) == {"neutral": 5, "sad": 5}

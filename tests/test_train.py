@@ -1,0 +1,176 @@
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from reasoning import checkpoint as ckpt_mod
+from reasoning.checkpoint import list_checkpoints, load_for_inference
+from reasoning.config import load_recipe
+from reasoning.explain import Explainer
+from reasoning.train import TrainRecipe
+
+from conftest import ROOT, tiny_recipe_tree
+
+
+def make_trainer(tmp_path, manifest, resume=False, **sections):
+    recipe = load_recipe(tree=tiny_recipe_tree(tmp_path / "run", manifest, **sections))
+    trainer = TrainRecipe(recipe, resume=resume)
+    trainer.setup()
+    return trainer
+
+
+def snapshot(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def changed(before, model):
+    return {n for n, p in model.named_parameters() if not torch.equal(before[n], p.detach())}
+
+
+def test_trainable_parameters_change_and_frozen_ones_do_not(tmp_path, small_manifest):
+    trainer = make_trainer(tmp_path, small_manifest, train={"max_steps": 8, "lr": 1e-2})
+    model = trainer.unwrapped
+    before = snapshot(model)
+    trainer.train()
+    moved = changed(before, model)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable - moved == set(), "every trainable parameter changed"
+    assert moved <= trainable, "no frozen parameter changed"
+    assert any("lora_A" in n for n in moved) and any(n.startswith("va_head") for n in moved)
+    assert any(n.startswith("speech_encoder.encoder.layers") for n in before) and \
+        not any(n.startswith("speech_encoder.encoder.layers") for n in moved)
+
+
+def test_each_phase_trains_only_its_parts(tmp_path, small_manifest):
+    phases = [{"tasks": ["asr"], "train": ["speech"]},
+              {"tasks": ["emotion", "va"], "train": ["paralinguistic", "heads"]}]
+    trainer = make_trainer(tmp_path, small_manifest, data={"schedule": "phased", "phases": phases},
+                           train={"epochs": 3, "lr": 1e-2})
+    model = trainer.unwrapped
+    part_of = {n: model.part_of(n) for n, p in model.named_parameters() if p.requires_grad}
+    expected = [{"speech"}, {"paralinguistic", "heads"}, {"speech", "paralinguistic", "llm", "heads"}]
+    for epoch, parts in enumerate(expected):
+        before = snapshot(model)
+        trainer.train_epoch(epoch)
+        moved = changed(before, model)
+        assert {part_of[n] for n in moved} == parts, f"epoch {epoch}"
+        # every trainable parameter of the phase's parts moved (the gender head only
+        # sees emotion/va batches, so it cannot move in an ASR-only phase)
+        assert {n for n, p in part_of.items() if p in parts} - moved == set()
+
+
+def test_resumed_run_reproduces_the_uninterrupted_losses(tmp_path, small_manifest):
+    full = make_trainer(tmp_path / "a", small_manifest,
+                        train={"epochs": 2, "save_every": 3, "keep_last": 0, "lr": 1e-2})
+    reference = full.train()
+    assert len(reference) == 16
+    ckpt = full.output_dir / "checkpoint-000003"
+    assert ckpt.is_dir()
+
+    # A second run folder holding only what the first had written at step 3.
+    resumed_dir = tmp_path / "b" / "run"
+    resumed_dir.mkdir(parents=True)
+    shutil.copytree(ckpt, resumed_dir / ckpt.name)
+    tree = tiny_recipe_tree(resumed_dir, small_manifest, train={"epochs": 2, "save_every": 3, "lr": 1e-2})
+    resumed = TrainRecipe(load_recipe(tree=tree), resume=True)
+    resumed.setup()
+    assert resumed.state["step"] == 3
+    tail = resumed.train()
+    assert [h["step"] for h in tail] == list(range(4, 17))
+    for want, got in zip(reference[3:], tail):
+        assert want["task"] == got["task"]
+        assert got["loss"] == pytest.approx(want["loss"], rel=1e-5, abs=1e-6)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    import tempfile
+    from pathlib import Path
+
+    from conftest import SAMPLES
+
+    tmp = tmp_path_factory.mktemp("trained")
+    rows = [json.loads(x) for x in SAMPLES.read_text().splitlines()][:8]
+    for r in rows:
+        r["audio"] = str(SAMPLES.parent / r["audio"])
+    manifest = tmp / "m.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    trainer = make_trainer(tmp, manifest, train={"max_steps": 4})
+    trainer.train()
+    return trainer, rows
+
+
+def test_reloaded_checkpoint_explains_identically(trained):
+    trainer, rows = trained
+    explainer = Explainer(trainer.output_dir)
+    reloaded = explainer.predict(rows[:3], progress=False)
+    explainer.model = trainer.unwrapped.eval()  # the model that was trained, still in memory
+    in_memory = explainer.predict(rows[:3], progress=False)
+    assert reloaded == in_memory
+    assert Explainer(trainer.output_dir).predict(rows[:3], progress=False) == reloaded
+
+
+def test_adapter_loads_with_peft(trained):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    trainer, _ = trained
+    ckpt = list_checkpoints(trainer.output_dir)[-1]
+    base = AutoModelForCausalLM.from_pretrained(trainer.recipe.model.llm.path)
+    peft_model = PeftModel.from_pretrained(base, ckpt / ckpt_mod.ADAPTER_DIR)
+    ours = {k: v for k, v in trainer.unwrapped.llm.state_dict().items() if "lora_" in k}
+    theirs = {k: v for k, v in peft_model.state_dict().items() if "lora_" in k}
+    assert ours.keys() == theirs.keys() and ours
+    for k in ours:
+        torch.testing.assert_close(ours[k], theirs[k])
+    # nothing but tensors in the checkpoint: every file loads without unpickling code
+    for f in ckpt.iterdir():
+        if f.suffix == ".pt":
+            torch.load(f, weights_only=True)
+        elif f.suffix == ".safetensors":
+            load_file(f)
+
+
+def test_a_crash_while_saving_keeps_the_previous_checkpoint(trained, monkeypatch):
+    trainer, rows = trained
+    before = list_checkpoints(trainer.output_dir)
+
+    def boom(*args, **kwargs):
+        raise KeyboardInterrupt("killed while saving")
+
+    monkeypatch.setattr(ckpt_mod, "save_file", boom)
+    trainer.state["step"] += 1
+    with pytest.raises(KeyboardInterrupt):
+        trainer.save_checkpoint()
+    monkeypatch.undo()
+    assert list_checkpoints(trainer.output_dir) == before
+    model, *_ = load_for_inference(trainer.output_dir)  # the last whole checkpoint still loads
+    assert model is not None
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_end_with_identical_parameters(tmp_path, small_manifest):
+    import yaml
+
+    tree = tiny_recipe_tree(tmp_path / "run", small_manifest, train={"max_steps": 4, "lr": 1e-2})
+    recipe_path = tmp_path / "recipe.yaml"
+    recipe_path.write_text(yaml.safe_dump(tree))
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           str(ROOT / "tests" / "ddp_train.py"), str(recipe_path), str(tmp_path)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0, r1 = load_file(tmp_path / "rank0.safetensors"), load_file(tmp_path / "rank1.safetensors")
+    init = load_file(tmp_path / "init0.safetensors")
+    assert r0.keys() == r1.keys() and r0
+    for k in r0:
+        assert torch.equal(r0[k], r1[k]), k
+    assert any(not torch.equal(r0[k], init[k]) for k in r0), "the run trained"
+    meta = json.loads((tmp_path / "world.json").read_text())
+    assert meta == {"world_size": 2, "rows_per_rank": [4, 4]}  # data.batch_size per process

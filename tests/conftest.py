@@ -53,3 +53,23 @@ def small_manifest(tmp_path) -> Path:
     path = tmp_path / "small.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in keep))
     return path
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """A tiny model trained for four steps on eight bundled clips: (trainer, rows)."""
+    import json
+
+    from reasoning.config import load_recipe
+    from reasoning.train import TrainRecipe
+
+    tmp = tmp_path_factory.mktemp("trained")
+    rows = [json.loads(x) for x in SAMPLES.read_text().splitlines()][:8]
+    for r in rows:
+        r["audio"] = str(SAMPLES.parent / r["audio"])
+    manifest = tmp / "m.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    trainer = TrainRecipe(load_recipe(tree=tiny_recipe_tree(tmp / "run", manifest, train={"max_steps": 4})))
+    trainer.setup()
+    trainer.train()
+    return trainer, rows

@@ -87,24 +87,6 @@ def test_resumed_run_reproduces_the_uninterrupted_losses(tmp_path, small_manifes
         assert got["loss"] == pytest.approx(want["loss"], rel=1e-5, abs=1e-6)
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    import tempfile
-    from pathlib import Path
-
-    from conftest import SAMPLES
-
-    tmp = tmp_path_factory.mktemp("trained")
-    rows = [json.loads(x) for x in SAMPLES.read_text().splitlines()][:8]
-    for r in rows:
-        r["audio"] = str(SAMPLES.parent / r["audio"])
-    manifest = tmp / "m.jsonl"
-    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    trainer = make_trainer(tmp, manifest, train={"max_steps": 4})
-    trainer.train()
-    return trainer, rows
-
-
 def test_reloaded_checkpoint_explains_identically(trained):
     trainer, rows = trained
     explainer = Explainer(trainer.output_dir)

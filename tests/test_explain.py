@@ -1,0 +1,62 @@
+import json
+import shutil
+
+import numpy as np
+import soundfile as sf
+
+from reasoning.cli import main
+
+from conftest import SAMPLES
+
+
+def test_explain_a_folder_as_json(trained, tmp_path, capsys):
+    trainer, rows = trained
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    for r in rows[:3]:
+        shutil.copy(r["audio"], folder)
+    assert main(["explain", str(folder), "--checkpoint", str(trainer.output_dir), "--json", "--top-k", "2"]) == 0
+    preds = json.loads(capsys.readouterr().out)
+    assert len(preds) == 3
+    for p in preds:
+        assert set(p) >= {"clip", "duration", "emotion", "probabilities", "top_k", "valence", "arousal", "rationale"}
+        assert list(p["probabilities"]) == ["neutral", "happy", "angry", "sad"]
+        assert abs(sum(p["probabilities"].values()) - 1) < 1e-3
+        assert p["emotion"] == p["top_k"][0][0] and len(p["top_k"]) == 2
+        assert p["top_k"][0][1] >= p["top_k"][1][1]
+        assert -1 <= p["valence"] <= 1 and -1 <= p["arousal"] <= 1
+        assert isinstance(p["rationale"], str)
+        assert p["duration"] == round(sf.info(p["clip"]).frames / sf.info(p["clip"]).samplerate, 3)
+
+
+def test_explain_summary_and_several_files(trained, capsys):
+    trainer, rows = trained
+    paths = [r["audio"] for r in rows[:2]]
+    assert main(["explain", *paths, "--checkpoint", str(trainer.output_dir), "--no-rationale"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("emotion ") == 2 and "valence" in out and "rationale" not in out
+
+
+def test_explain_bad_input_names_the_file(trained, tmp_path, capsys):
+    trainer, _ = trained
+    assert main(["explain", str(tmp_path / "missing.wav"), "--checkpoint", str(trainer.output_dir)]) == 2
+    assert "missing.wav: no such file" in capsys.readouterr().err
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"RIFF....not really a wave file")
+    assert main(["explain", str(bad), "--checkpoint", str(trainer.output_dir)]) == 2
+    assert "bad.wav" in capsys.readouterr().err
+    sf.write(tmp_path / "ok.wav", np.zeros(1600, np.float32), 16000)
+    assert main(["explain", str(tmp_path / "ok.wav"), "--checkpoint", str(tmp_path)]) == 2
+    assert "no checkpoint here" in capsys.readouterr().err
+
+
+def test_stereo_48k_clip_is_explained(trained, tmp_path, capsys):
+    trainer, rows = trained
+    x, sr = sf.read(rows[0]["audio"])
+    from reasoning.audio import resample
+
+    stereo = np.stack([resample(x, sr, 48000)] * 2, 1)
+    sf.write(tmp_path / "st48.wav", stereo, 48000)
+    assert main(["explain", str(tmp_path / "st48.wav"), "--checkpoint", str(trainer.output_dir), "--json"]) == 0
+    (pred,) = json.loads(capsys.readouterr().out)
+    assert abs(pred["duration"] - len(x) / sr) < 0.01

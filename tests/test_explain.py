@@ -60,3 +60,14 @@ def test_stereo_48k_clip_is_explained(trained, tmp_path, capsys):
     assert main(["explain", str(tmp_path / "st48.wav"), "--checkpoint", str(trainer.output_dir), "--json"]) == 0
     (pred,) = json.loads(capsys.readouterr().out)
     assert abs(pred["duration"] - len(x) / sr) < 0.01
+
+
+def test_silent_and_very_short_clips_are_explained(trained, tmp_path, capsys):
+    trainer, _ = trained
+    sf.write(tmp_path / "silent.wav", np.zeros(16000, np.float32), 16000)
+    sf.write(tmp_path / "blip.wav", np.random.default_rng(0).normal(0, 0.1, 800).astype(np.float32), 16000)
+    assert main(["explain", str(tmp_path / "silent.wav"), str(tmp_path / "blip.wav"),
+                 "--checkpoint", str(trainer.output_dir), "--json", "--no-rationale"]) == 0
+    preds = json.loads(capsys.readouterr().out)
+    assert [p["duration"] for p in preds] == [1.0, 0.05]
+    assert all(np.isfinite(list(p["probabilities"].values())).all() for p in preds)

@@ -49,7 +49,8 @@ from reasoning.folds import (PROTOCOLS, Protocol, aggregate_folds, get_protocol,
                              select_rows)
 from reasoning.manifest import read_manifest
 from reasoning.metrics import asr_metrics, emotion_metrics, rationale_metrics, va_metrics
-from reasoning.report import package_versions, write_json, write_report
+from reasoning.report import (METRICS_NAME, TABLE_NAME, json_default, package_versions,
+                              write_json, write_report)
 
 log = logging.getLogger(__name__)
 
@@ -114,11 +115,16 @@ def align_prediction(pred: dict, label_set: Sequence[str], n: int, system: str) 
         raise UserError(f"{system}: the model does not score {missing} (its labels: {own}); "
                         "train it with the protocol's label set.")
     scores = scores[:, [own.index(c) for c in label_set]]
+    if not np.all(np.isfinite(scores)):
+        raise UserError(f"{system}: the scores contain NaN or infinite values.")
     labels = pred.get("labels")
     if own != list(label_set) or labels is None:
         labels = [label_set[i] for i in np.argmax(scores, axis=1)]
     elif len(labels) != n:
         raise UserError(f"{system}: {len(labels)} labels for {n} rows.")
+    elif not set(labels) <= set(label_set):
+        raise UserError(f"{system}: predicted labels {sorted(set(labels) - set(label_set))} "
+                        f"are not in its label_set {list(label_set)}.")
     out = dict(pred)
     out.update(labels=list(labels), scores=scores, label_set=list(label_set))
     for key in ("valence", "arousal", "rationales", "transcripts"):
@@ -197,7 +203,88 @@ def _write_predictions(path: Path, records: list[dict]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8") as f:
         for rec in records:
-            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            f.write(json.dumps(rec, ensure_ascii=False, default=json_default) + "\n")
+
+
+def _drop_unusable(rows: list[dict], systems: list[str], cache_path: Path,
+                   excluded: dict, skipped: dict) -> tuple[list[dict], dict | None]:
+    """Leave out, for every system, the rows a system cannot use; compute eGeMAPS once.
+
+    Updates ``excluded`` (row counts by reason) and ``skipped`` (systems not run, with the
+    reason; ``systems`` loses them). Returns the usable rows and the eGeMAPS features.
+    """
+    features = None
+    if MODEL_NAME in systems or "egemaps" in systems:
+        missing = {r["id"] for r in rows if not os.path.isfile(str(r["audio"]))}
+        if missing:
+            log.warning("%d rows have no audio file and are left out for every system, e.g. "
+                        "%s", len(missing), next(r["audio"] for r in rows if r["id"] in missing))
+            excluded["audio file missing"] = len(missing)
+            rows = [r for r in rows if r["id"] not in missing]
+    if "egemaps" in systems:
+        features, failed = extract_egemaps(rows, EgemapsCache(cache_path))
+        if failed:
+            excluded["audio unreadable"] = len(failed)
+            rows = [r for r in rows if r["id"] not in failed]
+    if "tfidf" in systems:
+        n_missing = missing_transcripts(rows)
+        if n_missing:
+            skipped["tfidf"] = f"{n_missing} of {len(rows)} rows have no transcript"
+            systems.remove("tfidf")
+            log.info("tfidf baseline not run: %s", skipped["tfidf"])
+    return rows, features
+
+
+class _Pool:
+    """One system's test predictions gathered over the folds."""
+
+    OPTIONAL = ("valence", "arousal", "rationales", "transcripts")
+    # prediction key -> key of a line of predictions/<system>.jsonl
+    RECORD_KEYS = {"valence": "valence", "arousal": "arousal", "rationales": "rationale",
+                   "transcripts": "asr_hypothesis"}
+
+    def __init__(self) -> None:
+        self.rows: list[dict] = []
+        self.labels: list[str] = []
+        self.scores: list[np.ndarray] = []
+        self.optional: dict[str, list] = {k: [] for k in self.OPTIONAL}
+        self.present: set[str] = set()  # optional outputs the system gave
+        self.records: list[dict] = []
+
+    def add(self, fold: str, rows: list[dict], pred: dict, label_key: str) -> None:
+        self.rows += rows
+        self.labels += pred["labels"]
+        self.scores.append(pred["scores"])
+        for key in self.OPTIONAL:
+            values = pred.get(key)
+            if values is not None:
+                self.present.add(key)
+            self.optional[key] += list(values) if values is not None else [None] * len(rows)
+        for i, row in enumerate(rows):
+            rec = {"id": row["id"], "fold": fold, "speaker": row.get("speaker"),
+                   "true": row[label_key], "pred": pred["labels"][i],
+                   "scores": {c: float(v) for c, v in zip(pred["label_set"], pred["scores"][i])}}
+            for key, name in self.RECORD_KEYS.items():
+                if pred.get(key) is not None:
+                    rec[name] = pred[key][i]
+            self.records.append(rec)
+
+    def prediction(self) -> dict:
+        """The pooled predictions in the shared prediction format."""
+        return {"labels": self.labels, "scores": np.concatenate(self.scores),
+                **{k: (self.optional[k] if k in self.present else None) for k in self.OPTIONAL}}
+
+    def va_points(self) -> dict[str, tuple[list, list, list]]:
+        """``{dim: (predictions, targets, sources)}`` of the rows that have both values."""
+        out = {}
+        for dim in ("valence", "arousal"):
+            if dim in self.present:
+                triples = [(p, r.get(dim), r.get("va_source"))
+                           for p, r in zip(self.optional[dim], self.rows)
+                           if p is not None and r.get(dim) is not None]
+                if triples:
+                    out[dim] = tuple(list(x) for x in zip(*triples))
+        return out
 
 
 def evaluate_rows(rows: Sequence[dict], protocol: Protocol | str, out_dir: str | Path,
@@ -210,52 +297,27 @@ def evaluate_rows(rows: Sequence[dict], protocol: Protocol | str, out_dir: str |
     Returns the result written to ``metrics.json``: ``protocol``, ``rows`` (read, kept,
     excluded), ``folds``, ``systems`` ({name: {"pooled": metrics of all test rows,
     "per_fold": {fold: metrics}, "summary": mean ± std over folds}}), ``skipped``
-    ({system: reason}), ``versions`` and ``meta`` (checkpoint, recipe hash, ...).
+    ({system: reason}), ``versions``, ``report`` (the files written) and the ``meta``
+    entries (manifest, checkpoint, recipe hash).
     """
     started = time.time()
     protocol = get_protocol(protocol) if isinstance(protocol, str) else protocol
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    kept, label_set, excluded = select_rows(rows, protocol)
-    excluded = {k: v for k, v in excluded.items()}
-    skipped: dict[str, str] = {}
     systems = ([MODEL_NAME] if predictor else []) + list(baselines)
     if not systems:
         raise UserError("nothing to evaluate: give --checkpoint or at least one baseline.")
-
-    needs_audio = predictor is not None or "egemaps" in systems
-    features = None
-    if needs_audio:
-        missing = [r for r in kept if not os.path.isfile(str(r["audio"]))]
-        if missing:
-            log.warning("%d rows have no audio file and are left out for every system, e.g. "
-                        "%s (%s)", len(missing), missing[0]["id"], missing[0]["audio"])
-            excluded["audio file missing"] = len(missing)
-            gone = {r["id"] for r in missing}
-            kept = [r for r in kept if r["id"] not in gone]
-    if "egemaps" in systems:
-        cache = EgemapsCache(cache_path or out / EGEMAPS_CACHE_NAME)
-        features, failed = extract_egemaps(kept, cache)
-        if failed:
-            excluded["audio unreadable"] = len(failed)
-            kept = [r for r in kept if r["id"] not in failed]
-    if "tfidf" in systems:
-        n_missing = missing_transcripts(kept)
-        if n_missing:
-            skipped["tfidf"] = f"{n_missing} of {len(kept)} rows have no transcript"
-            systems.remove("tfidf")
-            log.info("tfidf baseline not run: %s", skipped["tfidf"])
+    kept, label_set, excluded = select_rows(rows, protocol)
+    skipped: dict[str, str] = {}
+    kept, features = _drop_unusable(kept, systems, Path(cache_path or out / EGEMAPS_CACHE_NAME),
+                                    excluded, skipped)
     if not kept:
         raise UserError(f"protocol {protocol.name}: no row left to evaluate (excluded: "
                         f"{excluded}).")
 
     folds = list(iter_folds(kept, protocol, dev_speakers=dev_speakers, only=fold))
     per_fold: dict[str, dict[str, Any]] = {s: {} for s in systems}
-    pooled: dict[str, dict[str, list]] = {s: {"rows": [], "labels": [], "scores": [],
-                                              "valence": [], "arousal": [], "rationales": [],
-                                              "transcripts": []} for s in systems}
-    has: dict[str, set] = {s: set() for s in systems}
-    records: dict[str, list[dict]] = {s: [] for s in systems}
+    pools = {s: _Pool() for s in systems}
     for f in folds:
         log.info("fold %s: %d train, %d dev, %d test rows", f.name, len(f.train), len(f.dev),
                  len(f.test))
@@ -270,67 +332,38 @@ def evaluate_rows(rows: Sequence[dict], protocol: Protocol | str, out_dir: str |
             pred = align_prediction(raw, label_set, len(f.test), system)
             per_fold[system][f.name] = score_prediction(f.test, pred, label_set,
                                                         protocol.label_key, asr_normalizer)
-            acc = pooled[system]
-            acc["rows"] += f.test
-            acc["labels"] += pred["labels"]
-            acc["scores"].append(pred["scores"])
-            for key in ("valence", "arousal", "rationales", "transcripts"):
-                values = pred.get(key)
-                if values is not None:
-                    has[system].add(key)
-                acc[key] += list(values) if values is not None else [None] * len(f.test)
-            for i, row in enumerate(f.test):
-                records[system].append({
-                    "id": row["id"], "fold": f.name, "speaker": row.get("speaker"),
-                    "true": row[protocol.label_key], "pred": pred["labels"][i],
-                    "scores": {c: float(s) for c, s in zip(label_set, pred["scores"][i])},
-                    **{k: pred[k][i] for k in ("valence", "arousal") if pred.get(k) is not None}})
+            pools[system].add(f.name, f.test, pred, protocol.label_key)
 
-    results: dict[str, Any] = {}
-    va_points: dict[str, dict] = {}
-    for system in systems:
-        acc = pooled[system]
-        merged = {"labels": acc["labels"], "scores": np.concatenate(acc["scores"]),
-                  **{k: (acc[k] if k in has[system] else None)
-                     for k in ("valence", "arousal", "rationales", "transcripts")}}
+    results = {}
+    for system, pool in pools.items():
         results[system] = {
-            "pooled": score_prediction(acc["rows"], merged, label_set, protocol.label_key,
-                                       asr_normalizer),
+            "pooled": score_prediction(pool.rows, pool.prediction(), label_set,
+                                       protocol.label_key, asr_normalizer),
             "per_fold": per_fold[system],
             "summary": aggregate_folds(per_fold[system]),
         }
-        dims = {}
-        for d in ("valence", "arousal"):
-            if d in has[system]:
-                pairs = [(p, r.get(d), r.get("va_source")) for p, r in zip(acc[d], acc["rows"])
-                         if p is not None and r.get(d) is not None]
-                if pairs:
-                    dims[d] = tuple(list(x) for x in zip(*pairs))
-        if dims:
-            va_points[system] = dims
-        _write_predictions(out / PREDICTIONS_DIR / f"{system}.jsonl", records[system])
-
+        _write_predictions(out / PREDICTIONS_DIR / f"{system}.jsonl", pool.records)
     result = {
         "protocol": {"name": protocol.name, "label_key": protocol.label_key,
                      "labels": label_set, "folds": protocol.folds,
                      "description": protocol.description},
-        "manifest": (meta or {}).get("manifest"),
+        "manifest": None, "checkpoint": None, "recipe_hash": None,
+        **(meta or {}),
         "rows": {"read": len(rows), "kept": len(kept), "excluded": excluded},
         "folds": [{"name": f.name, "train": len(f.train), "dev": len(f.dev),
                    "test": len(f.test),
                    "test_speakers": sorted({str(r.get("speaker")) for r in f.test})}
                   for f in folds],
-        "checkpoint": None, "recipe_hash": None,
-        **(meta or {}),
         "systems": results,
         "skipped": skipped,
         "versions": package_versions(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "seconds": round(time.time() - started, 1),
     }
+    va_points = {s: pool.va_points() for s, pool in pools.items() if pool.va_points()}
     result["report"] = write_report(result, out, va_points)
     # written again so that metrics.json also lists the report's files
-    write_json(result, out / "metrics.json")
+    write_json(result, out / METRICS_NAME)
     return result
 
 
@@ -350,7 +383,7 @@ def run(args: argparse.Namespace) -> int:
     result = evaluate_rows(rows, protocol, args.out, baselines=baselines, predictor=predictor,
                            fold=args.fold, dev_speakers=args.dev_speakers,
                            cache_path=args.cache, asr_normalizer=args.asr_normalizer, meta=meta)
-    print((Path(args.out) / "report.md").read_text(encoding="utf-8"))
+    print((Path(args.out) / TABLE_NAME).read_text(encoding="utf-8"))
     print(f"wrote {result['report']['metrics']}, {result['report']['table']} and "
           f"{len(result['report']['plots'])} plots in {Path(args.out) / 'plots'}")
     return 0

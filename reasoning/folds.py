@@ -240,22 +240,19 @@ def iter_folds(rows: Sequence[dict], protocol: Protocol, dev_speakers: int = 0,
         yield fold
 
 
-def fold_names(rows: Sequence[dict], protocol: Protocol) -> list[str]:
-    """The names of the protocol's folds on these rows, in order."""
-    return [f.name for f in iter_folds(rows, protocol)]
-
-
 # --------------------------------------------------------------------------- aggregate
 
 # Keys whose values are tables or per-item details, not scalar scores to average.
 _NOT_AVERAGED = {"confusion", "per_class", "per_speaker", "labels", "classes_present"}
+# Counts: reported per fold, not scores.
+_COUNTS = {"n", "speakers", "skipped"}
 
 
 def flatten_scores(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
     """Numeric leaves of a nested metrics dict as ``{"k_best.top2": 0.8, ...}``.
 
-    Tables and per-item details (confusion, per_class, per_speaker) and counts named ``n``
-    are left out; None values are left out.
+    Tables and per-item details (confusion, per_class, per_speaker), counts (``n``,
+    ``n_*``, ``speakers``, ``skipped``) and None values are left out.
     """
     out: dict[str, float] = {}
     for key, value in metrics.items():
@@ -264,7 +261,8 @@ def flatten_scores(metrics: dict[str, Any], prefix: str = "") -> dict[str, float
         path = f"{prefix}{key}"
         if isinstance(value, dict):
             out.update(flatten_scores(value, path + "."))
-        elif isinstance(value, (int, float)) and not isinstance(value, bool) and key != "n":
+        elif (isinstance(value, (int, float)) and not isinstance(value, bool)
+              and key not in _COUNTS and not key.startswith("n_")):
             if math.isfinite(value):
                 out[path] = float(value)
     return out

@@ -4,11 +4,12 @@ Files written into the run folder by :func:`write_report`:
 
 * ``metrics.json``: protocol, folds, checkpoint, recipe hash, package versions and, per
   system, the pooled metrics, each fold's metrics and their mean ± std;
-* ``report.md``: the systems side by side (UA, WA, macro-F1, k-best, share of speakers
-  with UAR >= 0.75, CCC of valence/arousal where a system predicts VA);
+* ``report.md``: the systems side by side (UA, WA, macro-F1, k-best, speakers with
+  UAR >= 0.75 and >= 0.5, CCC of valence/arousal where a system predicts VA);
 * ``plots/confusion_<system>.png`` (row-normalised: each row is a true class and sums to
   1), ``plots/speaker_uar.png`` (each speaker's UAR, systems side by side) and
-  ``plots/va_<system>.png`` (prediction against target, one panel per dimension).
+  ``plots/va_<system>.png`` (prediction against target, one panel per dimension,
+  coloured by ``va_source``).
 
 Plots use matplotlib's Agg canvas directly, never pyplot, so nothing depends on a display
 or on global figure state.
@@ -56,7 +57,8 @@ def file_mode() -> int:
     return 0o666 & ~umask
 
 
-def _json_default(value: Any) -> Any:
+def json_default(value: Any) -> Any:
+    """``json.dumps(default=...)`` for numpy values and paths."""
     if isinstance(value, np.ndarray):
         return value.tolist()
     if isinstance(value, np.generic):
@@ -81,7 +83,7 @@ def write_json(data: Mapping, path: str | Path) -> Path:
     """Write strict JSON atomically (temporary file renamed over the target)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(_clean(json.loads(json.dumps(data, default=_json_default))), indent=2,
+    text = json.dumps(_clean(json.loads(json.dumps(data, default=json_default))), indent=2,
                       allow_nan=False)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     with os.fdopen(fd, "w", encoding="utf-8") as f:

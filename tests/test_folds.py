@@ -115,7 +115,7 @@ def test_aggregate_mean_and_sample_std():
     folds = {"a": {"ua": 0.5, "wa": 0.6, "k_best": {"top3": None}, "n": 10,
                    "confusion": [[1]], "speakers": {"share_uar_ge_0.75": 1.0}},
              "b": {"ua": 0.7, "wa": 0.6, "k_best": {"top3": 0.9}, "n": 20,
-                   "confusion": [[2]], "speakers": {"share_uar_ge_0.75": 0.0}},
+                   "confusion": [[2]], "speakers": {"share_uar_ge_0.75": 0.0, "speakers": 2}},
              "c": {"ua": 0.9, "wa": 0.9, "k_best": {"top3": 0.8}, "n": 30}}
     agg = aggregate_folds(folds)
     assert agg["ua"]["mean"] == pytest.approx(0.7)
@@ -123,5 +123,5 @@ def test_aggregate_mean_and_sample_std():
     assert agg["k_best.top3"] == pytest.approx({"mean": 0.85, "std": np.std([0.9, 0.8], ddof=1),
                                                 "folds": 2})
     assert agg["speakers.share_uar_ge_0.75"]["mean"] == 0.5
-    assert "n" not in agg and "confusion" not in agg
+    assert "n" not in agg and "confusion" not in agg and "speakers.speakers" not in agg
     assert aggregate_folds([{"ua": 0.4}])["ua"] == {"mean": 0.4, "std": None, "folds": 1}

@@ -4,7 +4,8 @@
   label frequencies (so its k-best accuracy ranks labels by prior).
 * ``egemaps``: openSMILE eGeMAPS v02 functionals (88 per clip) -> mean imputation ->
   StandardScaler -> LogisticRegression(class_weight="balanced"): the openSMILE reference
-  baseline.
+  baseline. openSMILE fills a clip too short to measure with NaN (and warns); the
+  imputer gives it the training means.
 * ``tfidf``: transcript word uni- and bigrams, TF-IDF (sublinear tf) -> the same logistic
   regression. It runs only where every train and test row has a transcript.
 

@@ -1,0 +1,389 @@
+"""`emoreason eval`: a checkpoint and the classical baselines under one protocol.
+
+    emoreason eval --manifest M --protocol iemocap4-loso|meld7|meld-sentiment|loso \\
+        --out DIR [--checkpoint CKPT] [--baselines majority,egemaps,tfidf]
+
+Every system is trained (baselines) or applied (the model) fold by fold on the same rows
+and scored by the same code, :mod:`reasoning.metrics`. Without ``--checkpoint`` only the
+baselines run.
+
+The model seam: ``reasoning.explain.predict_rows(checkpoint_dir, rows)`` returns
+
+    {"labels": [str] * N,            # predicted label per row
+     "scores": np.ndarray (N, L),    # label scores (probabilities or log-likelihoods)
+     "label_set": [str] * L,         # column order of scores
+     "valence": [float] * N | None, "arousal": [float] * N | None,
+     "rationales": [dict | None] * N | None,   # {text, writer, verdict, emotion}
+     "transcripts": [str] * N | None}          # optional: ASR hypotheses
+
+Scores are re-ordered to the protocol's label set by name; labels the protocol does not
+score are dropped and the prediction becomes the best-scored protocol label.
+
+Checkpoints under a multi-fold protocol: a model must not be tested on speakers it was
+trained on, so ``--checkpoint DIR`` needs one sub-folder per fold (``DIR/speaker-03``,
+``DIR/session1``, ...), or ``--fold NAME`` to evaluate one fold with ``DIR`` itself.
+
+Rows whose audio is missing or unreadable (when a system needs audio) are left out for
+every system, so all systems are scored on the same utterances; they are counted in
+``metrics.json`` under ``rows.excluded``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from reasoning.baselines import (BASELINE_NAMES, BASELINES, EGEMAPS_CACHE_NAME, EgemapsCache,
+                                 extract_egemaps, missing_transcripts)
+from reasoning.errors import UserError
+from reasoning.folds import (PROTOCOLS, Protocol, aggregate_folds, get_protocol, iter_folds,
+                             select_rows)
+from reasoning.manifest import read_manifest
+from reasoning.metrics import asr_metrics, emotion_metrics, rationale_metrics, va_metrics
+from reasoning.report import (METRICS_NAME, TABLE_NAME, json_default, package_versions,
+                              write_json, write_report)
+
+log = logging.getLogger(__name__)
+
+MODEL_NAME = "model"
+PREDICTIONS_DIR = "predictions"
+RECIPE_FILE = "recipe.yaml"
+
+# (fold name, test rows) -> prediction dict
+Predictor = Callable[[str, list[dict]], dict]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of `emoreason eval`."""
+    parser.add_argument("--manifest", required=True, help="manifest.jsonl to evaluate on")
+    parser.add_argument("--protocol", required=True, choices=list(PROTOCOLS),
+                        help="labels and folds: " + "; ".join(
+                            f"{p.name}: {p.description}" for p in PROTOCOLS.values()))
+    parser.add_argument("--out", required=True, help="run folder for metrics.json, report.md, "
+                        "plots/ and predictions/")
+    parser.add_argument("--checkpoint", default=None,
+                        help="trained model (a folder per fold for multi-fold protocols, or "
+                        "use --fold); without it only the baselines run")
+    parser.add_argument("--baselines", default=",".join(BASELINE_NAMES),
+                        help=f"comma-separated subset of {','.join(BASELINE_NAMES)}, or 'none' "
+                        "(default: all; tfidf runs only where every row has a transcript)")
+    parser.add_argument("--fold", default=None, help="evaluate only this fold (e.g. speaker-03, "
+                        "session5)")
+    parser.add_argument("--dev-speakers", type=int, default=0,
+                        help="session/speaker folds: hold out this many training speakers as "
+                        "a dev set for model selection (default 0: no dev set)")
+    parser.add_argument("--cache", default=None, help="eGeMAPS feature cache (.npz); default "
+                        f"OUT/{EGEMAPS_CACHE_NAME}")
+    parser.add_argument("--asr-normalizer", choices=("english", "basic"), default="english",
+                        help="text normalizer before WER/CER: Whisper's English one, or the "
+                        "basic one for other languages")
+
+
+def parse_baselines(text: str) -> list[str]:
+    """``"majority,egemaps"`` -> ``["majority", "egemaps"]``; ``"none"`` -> ``[]``."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if names == ["none"]:
+        return []
+    unknown = [n for n in names if n not in BASELINES]
+    if unknown:
+        raise UserError(f"--baselines: unknown {unknown}; choose from "
+                        f"{', '.join(BASELINE_NAMES)} or 'none'.")
+    return list(dict.fromkeys(names))
+
+
+def align_prediction(pred: dict, label_set: Sequence[str], n: int, system: str) -> dict:
+    """Check a prediction dict and re-order its scores to ``label_set`` (see module doc)."""
+    if not isinstance(pred, dict) or "scores" not in pred or "label_set" not in pred:
+        raise UserError(f"{system}: the prediction must be a dict with 'labels', 'scores' and "
+                        "'label_set'.")
+    scores = np.asarray(pred["scores"], dtype=float)
+    own = [str(c) for c in pred["label_set"]]
+    if scores.shape != (n, len(own)):
+        raise UserError(f"{system}: scores have shape {scores.shape}, expected ({n}, {len(own)})"
+                        " = (rows, labels).")
+    missing = [c for c in label_set if c not in own]
+    if missing:
+        raise UserError(f"{system}: the model does not score {missing} (its labels: {own}); "
+                        "train it with the protocol's label set.")
+    scores = scores[:, [own.index(c) for c in label_set]]
+    if not np.all(np.isfinite(scores)):
+        raise UserError(f"{system}: the scores contain NaN or infinite values.")
+    labels = pred.get("labels")
+    if own != list(label_set) or labels is None:
+        labels = [label_set[i] for i in np.argmax(scores, axis=1)]
+    elif len(labels) != n:
+        raise UserError(f"{system}: {len(labels)} labels for {n} rows.")
+    elif not set(labels) <= set(label_set):
+        raise UserError(f"{system}: predicted labels {sorted(set(labels) - set(label_set))} "
+                        f"are not in its label_set {list(label_set)}.")
+    out = dict(pred)
+    out.update(labels=list(labels), scores=scores, label_set=list(label_set))
+    for key in ("valence", "arousal", "rationales", "transcripts"):
+        if out.get(key) is not None and len(out[key]) != n:
+            raise UserError(f"{system}: '{key}' has {len(out[key])} values for {n} rows.")
+    return out
+
+
+def score_prediction(rows: Sequence[dict], pred: dict, label_set: Sequence[str],
+                     label_key: str, asr_normalizer: str = "english") -> dict[str, Any]:
+    """All metrics of one system on ``rows``: emotion (+ k-best, + speakers when every row
+    has one), VA when predicted, ASR when transcripts are predicted, rationales when given."""
+    y_true = [r[label_key] for r in rows]
+    speakers = [r.get("speaker") for r in rows]
+    have_speakers = all(s is not None for s in speakers)
+    out = emotion_metrics(y_true, pred["labels"], label_set, scores=pred["scores"],
+                          speakers=speakers if have_speakers else None,
+                          genders=[r.get("gender") for r in rows] if have_speakers else None)
+    dims = [d for d in ("valence", "arousal") if pred.get(d) is not None]
+    if dims:
+        out["va"] = va_metrics({d: [r.get(d) for r in rows] for d in dims},
+                               {d: pred[d] for d in dims}, [r.get("va_source") for r in rows])
+    if pred.get("transcripts") is not None:
+        out["asr"] = asr_metrics([r.get("transcript") for r in rows], pred["transcripts"],
+                                 asr_normalizer)
+    if pred.get("rationales") is not None:
+        out["rationales"] = rationale_metrics(pred["rationales"], pred["labels"])
+    return out
+
+
+def _recipe_hash(checkpoint: Path) -> str | None:
+    """The lead's recipe hash of ``checkpoint/recipe.yaml`` (sha256 of the file as a
+    fallback when the recipe module is unavailable); None without a recipe."""
+    path = checkpoint / RECIPE_FILE
+    if not path.is_file():
+        return None
+    try:
+        from reasoning.config import load_recipe, recipe_hash
+    except ImportError:
+        return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+    return recipe_hash(load_recipe(path))
+
+
+def checkpoint_predictor(checkpoint: str | Path, folds: Sequence[str]) -> tuple[Predictor, dict]:
+    """A :data:`Predictor` over ``reasoning.explain.predict_rows`` and the recipe hash(es).
+
+    Each fold uses ``checkpoint/<fold>`` when that folder exists; a single fold may use
+    ``checkpoint`` itself.
+    """
+    root = Path(checkpoint)
+    if not root.is_dir():
+        raise UserError(f"--checkpoint {root}: no such folder.")
+    per_fold = {f: root / f for f in folds if (root / f).is_dir()}
+    if len(per_fold) != len(folds):
+        if len(folds) > 1:
+            raise UserError(
+                f"--checkpoint {root}: the protocol has {len(folds)} folds but the checkpoint "
+                f"has no sub-folder for {[f for f in folds if f not in per_fold][:3]}. A model "
+                "must be trained per fold (one folder each), or pass --fold NAME to evaluate "
+                "one fold with this checkpoint.")
+        per_fold = {folds[0]: root}
+    try:
+        predict_rows = importlib.import_module("reasoning.explain").predict_rows
+    except (ImportError, AttributeError) as err:
+        raise UserError(f"--checkpoint needs reasoning.explain.predict_rows, which is not "
+                        f"available ({err}).") from err
+    hashes = {f: _recipe_hash(p) for f, p in per_fold.items()}
+
+    def predict(fold: str, rows: list[dict]) -> dict:
+        return predict_rows(str(per_fold[fold]), rows)
+
+    return predict, hashes
+
+
+def _write_predictions(path: Path, records: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as f:
+        for rec in records:
+            f.write(json.dumps(rec, ensure_ascii=False, default=json_default) + "\n")
+
+
+def _drop_unusable(rows: list[dict], systems: list[str], cache_path: Path,
+                   excluded: dict, skipped: dict) -> tuple[list[dict], dict | None]:
+    """Leave out, for every system, the rows a system cannot use; compute eGeMAPS once.
+
+    Updates ``excluded`` (row counts by reason) and ``skipped`` (systems not run, with the
+    reason; ``systems`` loses them). Returns the usable rows and the eGeMAPS features.
+    """
+    features = None
+    if MODEL_NAME in systems or "egemaps" in systems:
+        missing = {r["id"] for r in rows if not os.path.isfile(str(r["audio"]))}
+        if missing:
+            log.warning("%d rows have no audio file and are left out for every system, e.g. "
+                        "%s", len(missing), next(r["audio"] for r in rows if r["id"] in missing))
+            excluded["audio file missing"] = len(missing)
+            rows = [r for r in rows if r["id"] not in missing]
+    if "egemaps" in systems:
+        features, failed = extract_egemaps(rows, EgemapsCache(cache_path))
+        if failed:
+            excluded["audio unreadable"] = len(failed)
+            rows = [r for r in rows if r["id"] not in failed]
+    if "tfidf" in systems:
+        n_missing = missing_transcripts(rows)
+        if n_missing:
+            skipped["tfidf"] = f"{n_missing} of {len(rows)} rows have no transcript"
+            systems.remove("tfidf")
+            log.info("tfidf baseline not run: %s", skipped["tfidf"])
+    return rows, features
+
+
+class _Pool:
+    """One system's test predictions gathered over the folds."""
+
+    OPTIONAL = ("valence", "arousal", "rationales", "transcripts")
+    # prediction key -> key of a line of predictions/<system>.jsonl
+    RECORD_KEYS = {"valence": "valence", "arousal": "arousal", "rationales": "rationale",
+                   "transcripts": "asr_hypothesis"}
+
+    def __init__(self) -> None:
+        self.rows: list[dict] = []
+        self.labels: list[str] = []
+        self.scores: list[np.ndarray] = []
+        self.optional: dict[str, list] = {k: [] for k in self.OPTIONAL}
+        self.present: set[str] = set()  # optional outputs the system gave
+        self.records: list[dict] = []
+
+    def add(self, fold: str, rows: list[dict], pred: dict, label_key: str) -> None:
+        self.rows += rows
+        self.labels += pred["labels"]
+        self.scores.append(pred["scores"])
+        for key in self.OPTIONAL:
+            values = pred.get(key)
+            if values is not None:
+                self.present.add(key)
+            self.optional[key] += list(values) if values is not None else [None] * len(rows)
+        for i, row in enumerate(rows):
+            rec = {"id": row["id"], "fold": fold, "speaker": row.get("speaker"),
+                   "true": row[label_key], "pred": pred["labels"][i],
+                   "scores": {c: float(v) for c, v in zip(pred["label_set"], pred["scores"][i])}}
+            for key, name in self.RECORD_KEYS.items():
+                if pred.get(key) is not None:
+                    rec[name] = pred[key][i]
+            self.records.append(rec)
+
+    def prediction(self) -> dict:
+        """The pooled predictions in the shared prediction format."""
+        return {"labels": self.labels, "scores": np.concatenate(self.scores),
+                **{k: (self.optional[k] if k in self.present else None) for k in self.OPTIONAL}}
+
+    def va_points(self) -> dict[str, tuple[list, list, list]]:
+        """``{dim: (predictions, targets, sources)}`` of the rows that have both values."""
+        out = {}
+        for dim in ("valence", "arousal"):
+            if dim in self.present:
+                triples = [(p, r.get(dim), r.get("va_source"))
+                           for p, r in zip(self.optional[dim], self.rows)
+                           if p is not None and r.get(dim) is not None]
+                if triples:
+                    out[dim] = tuple(list(x) for x in zip(*triples))
+        return out
+
+
+def evaluate_rows(rows: Sequence[dict], protocol: Protocol | str, out_dir: str | Path,
+                  baselines: Sequence[str] = BASELINE_NAMES, predictor: Predictor | None = None,
+                  fold: str | None = None, dev_speakers: int = 0,
+                  cache_path: str | Path | None = None, asr_normalizer: str = "english",
+                  meta: dict | None = None) -> dict[str, Any]:
+    """Evaluate the model (``predictor``) and the baselines fold by fold; write the report.
+
+    Returns the result written to ``metrics.json``: ``protocol``, ``rows`` (read, kept,
+    excluded), ``folds``, ``systems`` ({name: {"pooled": metrics of all test rows,
+    "per_fold": {fold: metrics}, "summary": mean ± std over folds}}), ``skipped``
+    ({system: reason}), ``versions``, ``report`` (the files written) and the ``meta``
+    entries (manifest, checkpoint, recipe hash).
+    """
+    started = time.time()
+    protocol = get_protocol(protocol) if isinstance(protocol, str) else protocol
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    systems = ([MODEL_NAME] if predictor else []) + list(baselines)
+    if not systems:
+        raise UserError("nothing to evaluate: give --checkpoint or at least one baseline.")
+    kept, label_set, excluded = select_rows(rows, protocol)
+    skipped: dict[str, str] = {}
+    kept, features = _drop_unusable(kept, systems, Path(cache_path or out / EGEMAPS_CACHE_NAME),
+                                    excluded, skipped)
+    if not kept:
+        raise UserError(f"protocol {protocol.name}: no row left to evaluate (excluded: "
+                        f"{excluded}).")
+
+    folds = list(iter_folds(kept, protocol, dev_speakers=dev_speakers, only=fold))
+    per_fold: dict[str, dict[str, Any]] = {s: {} for s in systems}
+    pools = {s: _Pool() for s in systems}
+    for f in folds:
+        log.info("fold %s: %d train, %d dev, %d test rows", f.name, len(f.train), len(f.dev),
+                 len(f.test))
+        for system in systems:
+            if system == MODEL_NAME:
+                raw = predictor(f.name, list(f.test))
+            elif system == "egemaps":
+                raw = BASELINES[system](f.train, f.test, label_set, protocol.label_key,
+                                        features=features)
+            else:
+                raw = BASELINES[system](f.train, f.test, label_set, protocol.label_key)
+            pred = align_prediction(raw, label_set, len(f.test), system)
+            per_fold[system][f.name] = score_prediction(f.test, pred, label_set,
+                                                        protocol.label_key, asr_normalizer)
+            pools[system].add(f.name, f.test, pred, protocol.label_key)
+
+    results = {}
+    for system, pool in pools.items():
+        results[system] = {
+            "pooled": score_prediction(pool.rows, pool.prediction(), label_set,
+                                       protocol.label_key, asr_normalizer),
+            "per_fold": per_fold[system],
+            "summary": aggregate_folds(per_fold[system]),
+        }
+        _write_predictions(out / PREDICTIONS_DIR / f"{system}.jsonl", pool.records)
+    result = {
+        "protocol": {"name": protocol.name, "label_key": protocol.label_key,
+                     "labels": label_set, "folds": protocol.folds,
+                     "description": protocol.description},
+        "manifest": None, "checkpoint": None, "recipe_hash": None,
+        **(meta or {}),
+        "rows": {"read": len(rows), "kept": len(kept), "excluded": excluded},
+        "folds": [{"name": f.name, "train": len(f.train), "dev": len(f.dev),
+                   "test": len(f.test),
+                   "test_speakers": sorted({str(r.get("speaker")) for r in f.test})}
+                  for f in folds],
+        "systems": results,
+        "skipped": skipped,
+        "versions": package_versions(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "seconds": round(time.time() - started, 1),
+    }
+    va_points = {s: pool.va_points() for s, pool in pools.items() if pool.va_points()}
+    result["report"] = write_report(result, out, va_points)
+    # written again so that metrics.json also lists the report's files
+    write_json(result, out / METRICS_NAME)
+    return result
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of `emoreason eval`."""
+    baselines = parse_baselines(args.baselines)
+    protocol = get_protocol(args.protocol)
+    rows = read_manifest(args.manifest)
+    predictor, meta = None, {"manifest": str(Path(args.manifest).resolve())}
+    if args.checkpoint:
+        selected, _, _ = select_rows(rows, protocol)
+        names = [f.name for f in iter_folds(selected, protocol, args.dev_speakers, args.fold)]
+        predictor, hashes = checkpoint_predictor(args.checkpoint, names)
+        values = set(hashes.values())
+        meta.update(checkpoint=str(Path(args.checkpoint).resolve()),
+                    recipe_hash=values.pop() if len(values) == 1 else hashes)
+    result = evaluate_rows(rows, protocol, args.out, baselines=baselines, predictor=predictor,
+                           fold=args.fold, dev_speakers=args.dev_speakers,
+                           cache_path=args.cache, asr_normalizer=args.asr_normalizer, meta=meta)
+    print((Path(args.out) / TABLE_NAME).read_text(encoding="utf-8"))
+    print(f"wrote {result['report']['metrics']}, {result['report']['table']} and "
+          f"{len(result['report']['plots'])} plots in {Path(args.out) / 'plots'}")
+    return 0

@@ -21,7 +21,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "evidence": ("reasoning.evidence.cli", "measure acoustic and lexical evidence per utterance"),
     "rationales": ("reasoning.rationales.cli", "write and verify rationales from the evidence"),
     "train": ("reasoning.train", "fine-tune a model from a YAML recipe"),
-    "eval": ("reasoning.evaluate", "evaluate a checkpoint on a manifest under a protocol"),
+    "eval": ("reasoning.evaluate", "evaluate a checkpoint and the baselines on a manifest under a protocol"),
+    "benchmark": ("reasoning.benchmark", "train and evaluate every fold of a protocol, baselines side by side"),
     "explain": ("reasoning.explain", "predict the emotion of clips and explain it"),
     "quickstart": ("reasoning.quickstart", "train, evaluate and explain a tiny model offline"),
 }

@@ -196,17 +196,25 @@ class TrainConfig:
 
 
 @dataclass
+class EvalConfig:
+    protocol: str | None = _f(None, "`emoreason benchmark` protocol: iemocap4-loso, meld7, meld-sentiment or loso (leave-one-speaker-out on any corpus).")
+    baselines: list = _f(["majority", "egemaps", "tfidf"], "Baselines computed in the same run on the same folds (tfidf only where every row has a transcript).")
+    dev_speakers: int = _f(0, "Speakers held out of each fold's training rows as a dev set.")
+
+
+@dataclass
 class Recipe:
     model: ModelConfig = _f(None, "Encoders, LLM and fusion.")
     lora: LoraConfig = _f(None, "LoRA adapter of the LLM.")
     heads: HeadsConfig = _f(None, "VA, gender and emotion-loss settings.")
     data: DataConfig = _f(None, "Manifests, labels, tasks and schedule.")
     train: TrainConfig = _f(None, "Optimisation and checkpoints.")
+    eval: EvalConfig = _f(None, "Benchmark protocol and baselines.")
 
     def __post_init__(self) -> None:
-        if "emotion" in self.data.tasks and not self.data.labels:
+        if "emotion" in self.data.tasks and not self.data.labels and self.eval.protocol is None:
             raise RecipeError("data.labels is empty but the emotion task is on: list the label set, "
-                              "e.g. [neutral, happy, angry, sad].")
+                              "e.g. [neutral, happy, angry, sad] (a benchmark takes it from eval.protocol).")
         if self.model.fusion == "feature" and self.model.paralinguistic.kind != "none" \
                 and self.model.paralinguistic.num_tokens != self.model.speech.num_tokens:
             raise RecipeError("model.fusion is `feature`, so model.paralinguistic.num_tokens must equal "
@@ -223,7 +231,7 @@ class Recipe:
 
 # Sections whose fields are themselves dataclasses, for building from nested maps.
 _NESTED = {Recipe: {"model": ModelConfig, "lora": LoraConfig, "heads": HeadsConfig, "data": DataConfig,
-                    "train": TrainConfig},
+                    "train": TrainConfig, "eval": EvalConfig},
            ModelConfig: {"speech": SpeechEncoderConfig, "paralinguistic": ParalinguisticConfig,
                          "llm": LLMConfig}}
 

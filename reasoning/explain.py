@@ -77,19 +77,34 @@ class Explainer:
         return out
 
 
+def stated_emotion(text: str | None, labels: list[str]) -> str | None:
+    """The label a rationale states in its leading ``label:`` (None when it states none of
+    ``labels``). Used to check rationales against predictions, never to predict."""
+    head = (text or "").split(":", 1)[0].strip().lower()
+    return head if head in labels else None
+
+
+def prediction_dict(labels: list[str], preds: list[dict]) -> dict:
+    """Explainer outputs in the form ``emoreason eval`` consumes (see reasoning.evaluate)."""
+    rationales = None
+    if any(p["rationale"] is not None for p in preds):
+        rationales = [{"text": p["rationale"], "writer": "model", "verdict": None,
+                       "emotion": stated_emotion(p["rationale"], labels)} for p in preds]
+    return {
+        "label_set": labels,
+        "labels": [p["emotion"] for p in preds],
+        "scores": np.array([[p["probabilities"][label] for label in labels] for p in preds]),
+        "valence": [p["valence"] for p in preds],
+        "arousal": [p["arousal"] for p in preds],
+        "rationales": rationales,
+    }
+
+
 def predict_rows(checkpoint: str | Path, rows: list[dict], rationale: bool = True,
                  batch_size: int = 16) -> dict:
     """Predictions for manifest rows, in the form ``emoreason eval`` consumes."""
     explainer = Explainer(checkpoint, batch_size)
-    preds = explainer.predict(rows, rationale)
-    return {
-        "label_set": explainer.labels,
-        "labels": [p["emotion"] for p in preds],
-        "scores": np.array([[p["probabilities"][label] for label in explainer.labels] for p in preds]),
-        "valence": [p["valence"] for p in preds],
-        "arousal": [p["arousal"] for p in preds],
-        "rationales": [p["rationale"] for p in preds],
-    }
+    return prediction_dict(explainer.labels, explainer.predict(rows, rationale))
 
 
 def find_clips(paths: list[str]) -> list[Path]:

@@ -39,7 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from reasoning.explain import Explainer, format_summary
+    from reasoning.evaluate import score_prediction
+    from reasoning.explain import Explainer, format_summary, prediction_dict
 
     if not RECIPE.is_file():
         raise UserError(f"{RECIPE}: missing. The quickstart runs from a source checkout of emoreason.")
@@ -52,6 +53,8 @@ def run(args: argparse.Namespace) -> int:
             part.config = str(REPO / part.config)
     m.llm.tokenizer = str(REPO / m.llm.tokenizer)
     d.train_manifest = str(REPO / d.train_manifest)
+    if d.eval_manifest:
+        d.eval_manifest = str(REPO / d.eval_manifest)
 
     print(f"== 1/3 train: {RECIPE.relative_to(REPO)} -> {out}")
     trainer = TrainRecipe(recipe)
@@ -66,20 +69,14 @@ def run(args: argparse.Namespace) -> int:
         log.warning("the loss did not fall for every task: %s", curve)
 
     print("== 2/3 evaluate on the held-out speaker (split: test)")
-    from sklearn.metrics import accuracy_score, balanced_accuracy_score
-
-    from reasoning.model import ccc
-    import torch
-
-    test = select_rows(read_manifest(d.train_manifest), d.eval_split)
+    test = select_rows(read_manifest(d.eval_manifest or d.train_manifest), d.eval_split)
     explainer = Explainer(out)
-    preds = explainer.predict(test, rationale=False, progress=False)
-    gold = [r["emotion"] for r in test]
-    guess = [p["emotion"] for p in preds]
-    va_pred = torch.tensor([[p["valence"], p["arousal"]] for p in preds])
-    va_gold = torch.tensor([[r["valence"], r["arousal"]] for r in test])
-    scores = {"clips": len(test), "WA": accuracy_score(gold, guess), "UA": balanced_accuracy_score(gold, guess),
-              "CCC_valence": float(ccc(va_pred, va_gold)[0]), "CCC_arousal": float(ccc(va_pred, va_gold)[1])}
+    pred = prediction_dict(explainer.labels, explainer.predict(test, rationale=False, progress=False))
+    metrics = score_prediction(test, pred, explainer.labels, "emotion")
+    va = metrics["va"]["annotated"]
+    scores = {"clips": len(test), "UA": metrics["ua"], "WA": metrics["wa"], "macro_F1": metrics["macro_f1"],
+              "top2": metrics["k_best"]["top2"], "CCC_valence": va["valence"]["ccc"],
+              "CCC_arousal": va["arousal"]["ccc"]}
     print("  " + "  ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in scores.items()))
 
     print("== 3/3 explain two clips")

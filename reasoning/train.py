@@ -19,8 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from reasoning.builders import build_model, materialize
-from reasoning.checkpoint import (list_checkpoints, load_trainable, load_training_state,
-                                  resolve_checkpoint, save_checkpoint)
+from reasoning.checkpoint import load_trainable, load_training_state, resolve_checkpoint, save_checkpoint
 from reasoning.config import RECIPE_NAME, Recipe, describe_fields, load_recipe, save_recipe
 from reasoning.data import AudioCache, Collator, PromptBuilder, TaskSchedule, task_target
 from reasoning.errors import UserError
@@ -169,6 +168,7 @@ class TrainRecipe:
                 break
         self.bar.close()
         self.bar = None
+        self.state["finished"] = True
         self.save_checkpoint()
         return self.history
 
@@ -227,9 +227,6 @@ class TrainRecipe:
         self.accelerator.wait_for_everyone()
         path = None
         if self.accelerator.is_main_process:
-            existing = list_checkpoints(self.output_dir)
-            if existing and existing[-1].name == f"checkpoint-{self.state['step']:06d}":
-                return existing[-1]
             path = save_checkpoint(self.output_dir, self.state["step"], self.unwrapped, self.recipe,
                                    dict(self.state, labels=self.recipe.data.labels),
                                    self.optimizer, self.scheduler, self.recipe.train.keep_last)

@@ -1,0 +1,93 @@
+"""``emoreason benchmark RECIPE``: train and evaluate every fold of a protocol.
+
+For each fold of ``eval.protocol`` (IEMOCAP: train on four sessions, test on the fifth;
+any corpus: leave one speaker out; MELD: the official split), the recipe is trained on the
+fold's training rows only, into ``<train.output_dir>/<fold>/``. Then :mod:`reasoning.evaluate`
+scores the fold models and the baselines on the same test rows and writes the report
+(mean ± std across folds) to ``<train.output_dir>/eval/``.
+
+A fold whose run folder already holds its final checkpoint is not trained again, so an
+interrupted benchmark resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+from pathlib import Path
+
+from reasoning.checkpoint import STATE_FILE, list_checkpoints
+from reasoning.config import load_recipe
+from reasoning.errors import RecipeError
+from reasoning.evaluate import checkpoint_predictor, evaluate_rows
+from reasoning.folds import get_protocol, iter_folds, select_rows
+from reasoning.manifest import read_manifest, write_manifest
+from reasoning.report import TABLE_NAME
+from reasoning.train import TrainRecipe
+
+log = logging.getLogger(__name__)
+
+FOLD_MANIFEST = "train.jsonl"
+EVAL_DIR = "eval"
+
+
+def _finished(run_dir: Path) -> bool:
+    """Whether a fold's run reached its last step (its latest checkpoint says so)."""
+    found = list_checkpoints(run_dir)
+    if not found:
+        return False
+    state = json.loads((found[-1] / STATE_FILE).read_text())
+    return bool(state.get("finished"))
+
+
+def run_benchmark(recipe, only_fold: str | None = None) -> dict:
+    """Train each fold's model, then evaluate all folds with the baselines. Returns the
+    evaluation result (what ``metrics.json`` holds)."""
+    if recipe.eval.protocol is None:
+        raise RecipeError("eval.protocol is not set: choose iemocap4-loso, meld7, meld-sentiment or loso.")
+    protocol = get_protocol(recipe.eval.protocol)
+    rows = read_manifest(recipe.data.train_manifest)
+    kept, label_set, _ = select_rows(rows, protocol)
+    if recipe.data.labels and list(recipe.data.labels) != list(label_set):
+        raise RecipeError(f"data.labels {recipe.data.labels} differ from protocol {protocol.name}'s labels "
+                          f"{label_set}: set data.labels to the protocol's, in that order, or leave it empty.")
+    root = Path(recipe.train.output_dir)
+    folds = list(iter_folds(kept, protocol, recipe.eval.dev_speakers, only_fold))
+    for i, fold in enumerate(folds, 1):
+        run_dir = root / fold.name
+        if _finished(run_dir):
+            log.info("fold %s (%d/%d): already trained in %s", fold.name, i, len(folds), run_dir)
+            continue
+        log.info("fold %s (%d/%d): training on %d rows, testing on %d", fold.name, i, len(folds),
+                 len(fold.train), len(fold.test))
+        fold_recipe = copy.deepcopy(recipe)
+        fold_recipe.data.labels = list(label_set)
+        fold_recipe.data.train_manifest = str(write_manifest(fold.train, run_dir / FOLD_MANIFEST))
+        fold_recipe.data.train_split = []
+        fold_recipe.train.output_dir = str(run_dir)
+        trainer = TrainRecipe(fold_recipe, resume=bool(list_checkpoints(run_dir)))
+        trainer.setup()
+        trainer.train()
+        trainer.cleanup()
+    predictor, hashes = checkpoint_predictor(root, [f.name for f in folds])
+    meta = {"manifest": str(Path(recipe.data.train_manifest).resolve()), "checkpoint": str(root.resolve()),
+            "recipe_hash": hashes}
+    return evaluate_rows(rows, protocol, root / EVAL_DIR, baselines=recipe.eval.baselines, predictor=predictor,
+                         fold=only_fold, dev_speakers=recipe.eval.dev_speakers, meta=meta)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("recipe", help="a recipe YAML with eval.protocol set")
+    parser.add_argument("--fold", default=None, help="run only this fold (e.g. speaker-03, session5)")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted recipe overrides")
+
+
+def run(args: argparse.Namespace) -> int:
+    recipe = load_recipe(args.recipe, args.overrides)
+    result = run_benchmark(recipe, args.fold)
+    out = Path(recipe.train.output_dir) / EVAL_DIR
+    print((out / TABLE_NAME).read_text(encoding="utf-8"))
+    print(f"wrote {result['report']['metrics']} and the plots in {out / 'plots'}")
+    return 0

@@ -1,0 +1,36 @@
+import json
+
+import yaml
+
+from reasoning.cli import main
+from reasoning.manifest import read_manifest
+
+from conftest import SAMPLES, tiny_recipe_tree
+
+
+def test_benchmark_trains_every_fold_and_reports_beside_the_baselines(tmp_path, capsys):
+    run = tmp_path / "bench"
+    tree = tiny_recipe_tree(run, SAMPLES, train={"max_steps": 2})
+    tree["data"].update(train_split=[], eval_split=[], labels=[], tasks={"emotion": 1.0, "va": 1.0})
+    tree["eval"] = {"protocol": "loso", "baselines": ["majority"]}
+    recipe = tmp_path / "bench.yaml"
+    recipe.write_text(yaml.safe_dump(tree))
+    assert main(["benchmark", str(recipe)]) == 0
+    table = capsys.readouterr().out
+    assert "| model" in table and "| majority" in table
+
+    speakers = {r["speaker"] for r in read_manifest(SAMPLES)}
+    for spk in speakers:
+        fold = run / f"speaker-{spk}"
+        train_speakers = {r["speaker"] for r in read_manifest(fold / "train.jsonl")}
+        assert spk not in train_speakers and train_speakers == speakers - {spk}
+        assert list(fold.glob("checkpoint-*"))
+    metrics = json.loads((run / "eval" / "metrics.json").read_text())
+    assert len(metrics["folds"]) == 4
+    assert metrics["systems"]["model"]["pooled"]["n"] == 48 or metrics["rows"]["kept"] == 48
+    assert (run / "eval" / "report.md").is_file()
+
+    # A second run finds every fold trained and only evaluates.
+    mtimes = {p: p.stat().st_mtime for p in run.glob("speaker-*/checkpoint-*/trainer_state.json")}
+    assert main(["benchmark", str(recipe)]) == 0
+    assert mtimes == {p: p.stat().st_mtime for p in run.glob("speaker-*/checkpoint-*/trainer_state.json")}

@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "corpus baseline instead of their own (default: %(default)s)")
 
 
-def _rebase(rows: list[dict], src_dir: Path, dst_dir: Path) -> list[dict]:
+def rebase_audio_paths(rows: list[dict], src_dir: Path, dst_dir: Path) -> list[dict]:
     """Keep relative audio paths valid when the manifest is written to another folder."""
     if src_dir.resolve() == dst_dir.resolve():
         return rows
@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
                         "standard deviation).")
     src = args.manifest
     out_path = args.out or src
-    rows = _rebase(read_manifest(src, resolve_audio=False), src.parent, out_path.parent)
+    rows = rebase_audio_paths(read_manifest(src, resolve_audio=False), src.parent, out_path.parent)
     base_dir = out_path.parent
 
     def checkpoint(partial: list[dict]) -> None:

@@ -90,7 +90,7 @@ def add_zscores(rows: list[dict], min_speaker_utterances: int = MIN_SPEAKER_UTTE
     feature, or they do not vary. Returns the count of rows per baseline kind.
     """
     usable = [r for r in rows if isinstance(r.get("evidence"), dict)
-              and not r["evidence"].get("error") and "silent" not in r["evidence"]["flags"]]
+              and not r["evidence"].get("error") and "silent" not in r["evidence"].get("flags", [])]
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in usable:
         ds = r.get("dataset")

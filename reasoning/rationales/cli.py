@@ -91,8 +91,8 @@ def run(args: argparse.Namespace) -> int:
     out_path = args.out or args.manifest
     rows = read_manifest(args.manifest, resolve_audio=False)
     if args.out and args.manifest.parent.resolve() != out_path.parent.resolve():
-        from reasoning.evidence.cli import _rebase
-        rows = _rebase(rows, args.manifest.parent, out_path.parent)
+        from reasoning.evidence.cli import rebase_audio_paths
+        rows = rebase_audio_paths(rows, args.manifest.parent, out_path.parent)
     rows, summary = write_rationales(rows, args.writer, max_attempts=args.max_attempts,
                                      force=args.force, progress=True,
                                      **_writer_options(args, out_path))

@@ -19,10 +19,10 @@
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import logging
 import os
-import socket
 import tempfile
 import threading
 import time
@@ -128,7 +128,8 @@ class OpenAIWriter:
                 raise _Retryable(msg, wait) from err
             raise WriterError(msg + " (not retried: the request itself was refused; check "
                               "the model name and the API key)") from err
-        except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError) as err:
+        except (OSError, http.client.HTTPException) as err:
+            # URLError, timeouts, resets, TLS errors and answers cut short mid-body.
             reason = getattr(err, "reason", err)
             raise _Retryable(f"no answer from {self.url} ({reason or 'timed out'})") from err
         try:

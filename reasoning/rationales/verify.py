@@ -84,12 +84,15 @@ def extract_claims(text: str) -> list[dict]:
             if "#" in m.group(0):
                 continue
             before = work[:m.start()]
-            strength = ("strong" if _STRONG.search(before) else
-                        "slight" if _SLIGHT.search(before) else "plain")
-            negated = bool(_NEGATED.search(_clause_before(work, m.start())))
+            strong, slight = _STRONG.search(before), _SLIGHT.search(before)
+            clause = _clause_before(work, m.start())
+            negation = _NEGATED.search(clause)
+            # The claim's text runs from its first modifier, so a report reads "not loud".
+            start = min([m.start()] + [x.start() for x in (strong, slight) if x]
+                        + ([m.start() - len(clause) + negation.start()] if negation else []))
             claims.append({"kind": "cue", "cue": cue.name, "direction": direction,
-                           "strength": strength, "negated": negated,
-                           "text": text[m.start():m.end()]})
+                           "strength": "strong" if strong else "slight" if slight else "plain",
+                           "negated": negation is not None, "text": text[start:m.end()]})
             work = _mask(work, m.start(), m.end())
     for m in re.finditer(r"[a-z]+", work):
         fam = WORD_FAMILY.get(m.group(0))

@@ -3,7 +3,6 @@
 import json
 import random
 
-import numpy as np
 import pytest
 
 from evidence_synth import speech, write_wav
@@ -12,7 +11,7 @@ from reasoning.evidence import Z_FEATURES, measure_manifest
 from reasoning.rationales import (RationaleRequest, TemplateWriter, WriterError, extract_claims,
                                   template_rationale, verify, write_rationales)
 from reasoning.rationales.base import build_messages, normalize_output
-from reasoning.rationales.cues import CUES, CUES_BY_NAME, Z_NOTABLE
+from reasoning.rationales.cues import CUES
 from reasoning.rationales.template import intensify, render, select_cues, supporting_quotes
 
 

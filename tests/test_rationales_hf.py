@@ -70,3 +70,19 @@ def test_hf_writer_names_a_model_it_cannot_load(tmp_path):
 
     with pytest.raises(UserError, match="cannot load a causal LM"):
         HFWriter(str(tmp_path / "no-such-model"))
+
+
+def test_cli_hf(tiny_model, tmp_path, capsys):
+    import json
+
+    from reasoning.cli import main
+
+    path = tmp_path / "m.jsonl"
+    row = {"id": "u1", "audio": "u1.wav", "emotion": "anger", "transcript": "Get out.",
+           "evidence": request().evidence}
+    path.write_text(json.dumps(row) + "\n")
+    assert main(["rationales", "--manifest", str(path), "--writer", "hf", "--model",
+                 str(tiny_model), "--max-new-tokens", "4", "--max-attempts", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "pass rate hf: 0/1 candidates (0.0%)" in out and "1 template fallbacks" in out
+    assert json.loads(path.read_text())["rationale"]["verdict"] == "pass"

@@ -1,0 +1,134 @@
+"""The template writer: deterministic, offline rationales built from the evidence alone.
+
+It cites the cues whose z-score clears ``Z_NOTABLE`` (at most ``MAX_CUES``; those typical
+of the label first, then by size; one of pitch range / intonation and one voice-quality
+cue), "very" when they clear ``TEMPLATE_STRONG``, and up to two transcript words of the label's
+lexicon family. With no notable cue it says the pitch, loudness and pace were usual, which
+is itself evidence (for neutral speech above all). Phrasing varies with a seed (the
+utterance id): several phrases per cue, list styles and sentence frames. Every phrase is
+one the verifier parses back to the same claim, so a template rationale always passes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from typing import Sequence
+
+from reasoning.rationales.base import RationaleRequest
+from reasoning.rationales.cues import (CUES, CUES_BY_NAME, LEXICON_SUPPORT, NEGATED_JOY_SUPPORTS,
+                                       PROFILES, Z_NOTABLE, Z_STRONG, cue_z, family)
+
+MAX_CUES = 3
+MAX_QUOTES = 2
+# The template says "very" from here, well inside the verifier's Z_STRONG, so that it is
+# kept for deviations a listener would call large.
+TEMPLATE_STRONG = 1.5
+# At most one cue of each group: they describe the same thing twice.
+EXCLUSIVE = ({"pitch_range", "intonation"}, {"roughness", "breathiness", "tension"})
+
+_FRAMES = ("{L}: {C}.", "{L}: marked by {C}.", "{L}: heard in {C}.",
+           "{L}: {C}, relative to this speaker.")
+_FRAMES_Q = ("{L}: {C}, and {Q}.", "{L}: {Q}, with {C}.", "{L}: marked by {C}; the transcript has {Q}.",
+             "{L}: {C}, plus {Q}.")
+
+
+def intensify(phrase: str) -> str:
+    """The strong form of a cue phrase: "a loud voice" -> "a very loud voice"."""
+    adverb = "sharply" if phrase.split()[0] in ("raised", "lowered") else "very"
+    for article in ("a ", "an "):
+        if phrase.startswith(article):
+            return f"a {adverb} {phrase[len(article):]}"
+    return f"{adverb} {phrase}"
+
+
+def select_cues(label: str, evidence: dict) -> list[tuple[str, str, bool]]:
+    """The cues a template cites: ``[(cue name, "up"|"down"|"usual", strong)]``."""
+    chosen: list[tuple[str, str, bool]] = []
+    if "unvoiced" in (evidence.get("flags") or []):
+        chosen.append(("unvoiced", "up", False))
+    profile = PROFILES.get(family(label), {})
+    candidates = []
+    for cue in CUES:
+        z = cue_z(cue, evidence)
+        if not cue.up or not cue.down or z is None or abs(z) < Z_NOTABLE:
+            continue
+        direction = "up" if z > 0 else "down"
+        candidates.append((profile.get(cue.name) != direction, -abs(z), cue.name, direction,
+                           abs(z) >= max(TEMPLATE_STRONG, Z_STRONG)))
+    taken: set[str] = set()
+    for _, _, name, direction, strong in sorted(candidates):
+        if len(chosen) >= MAX_CUES + ("unvoiced" in (evidence.get("flags") or [])):
+            break
+        group = next((g for g in EXCLUSIVE if name in g), {name})
+        if taken & group:
+            continue
+        taken |= group
+        chosen.append((name, direction, strong))
+    if len(chosen) == len([c for c in chosen if c[0] == "unvoiced"]):
+        for name in ("pitch", "loudness", "rate"):
+            z = cue_z(CUES_BY_NAME[name], evidence)
+            if z is not None and abs(z) < Z_NOTABLE:
+                chosen.append((name, "usual", False))
+    return chosen
+
+
+def supporting_quotes(label: str, evidence: dict) -> list[str]:
+    """Transcript phrases (lexicon hits) that support ``label``, at most ``MAX_QUOTES``."""
+    fam = family(label)
+    support = LEXICON_SUPPORT.get(fam, set())
+    out: list[str] = []
+    for hit in (evidence.get("lexical") or {}).get("hits", []):
+        ok = (hit["category"] in support and not hit["negated"]) or (
+            hit["negated"] and hit["category"] == "joy" and fam in NEGATED_JOY_SUPPORTS)
+        if ok and hit["phrase"] not in out:
+            out.append(hit["phrase"])
+    return out[:MAX_QUOTES]
+
+
+def _join(items: Sequence[str], rng: random.Random) -> str:
+    if len(items) <= 1:
+        return "".join(items)
+    comma = "," if len(items) > 2 and rng.random() < 0.5 else ""
+    return ", ".join(items[:-1]) + f"{comma} and {items[-1]}"
+
+
+def render(label: str, cues: Sequence[tuple[str, str, bool]], quotes: Sequence[str], seed: str) -> str:
+    """Turn chosen cues and quotes into one line ``label: ...``, phrased by ``seed``."""
+    rng = random.Random(int(hashlib.sha256(seed.encode()).hexdigest()[:16], 16))
+    phrases = []
+    for name, direction, strong in cues:
+        cue = CUES_BY_NAME[name]
+        options = {"up": cue.up, "down": cue.down, "usual": cue.usual}[direction]
+        phrase = rng.choice(options)
+        phrases.append(intensify(phrase) if strong else phrase)
+    quoted = [f"'{q}'" for q in quotes]
+    q = ""
+    if quoted:
+        many = len(quoted) > 1 or len(quotes[0].split()) > 1
+        q = f"the word{'s' if many else ''} {_join(quoted, rng)}"
+    if phrases and quoted:
+        frame = rng.choice(_FRAMES_Q)
+    elif phrases:
+        frame = rng.choice(_FRAMES)
+    else:
+        frame = "{L}: {Q}." if quoted else "{L}:"
+    return frame.format(L=label, C=_join(phrases, rng), Q=q)
+
+
+def template_rationale(request: RationaleRequest, seed: str | None = None) -> str:
+    """The template rationale of one request (deterministic for a given seed)."""
+    return render(request.label, select_cues(request.label, request.evidence),
+                  supporting_quotes(request.label, request.evidence),
+                  seed if seed is not None else request.id)
+
+
+class TemplateWriter:
+    """Writer ``template``: offline, deterministic, varied phrasing; never fails to run."""
+
+    name = "template"
+    concurrency = 1
+
+    def write(self, request: RationaleRequest, attempt: int = 0, feedback: Sequence[str] = ()) -> str:
+        """A template rationale; each attempt is phrased differently."""
+        return template_rationale(request, seed=f"{request.id}:{attempt}")

@@ -100,11 +100,25 @@ def prediction_dict(labels: list[str], preds: list[dict]) -> dict:
     }
 
 
+def verify_rationales(pred: dict, rows: list[dict]) -> dict:
+    """Check each generated rationale against its row's measured evidence, gold label and
+    transcript (rows without evidence or label stay unverified)."""
+    from reasoning.rationales.verify import verify
+
+    for rec, row in zip(pred["rationales"] or [], rows):
+        ev = row.get("evidence")
+        if rec["text"] and isinstance(ev, dict) and not ev.get("error") and row.get("emotion"):
+            v = verify(rec["text"], ev, row["emotion"], row.get("transcript"))
+            rec["verdict"] = {"passed": v.passed, "claims": v.claims, "emotion": rec["emotion"]}
+    return pred
+
+
 def predict_rows(checkpoint: str | Path, rows: list[dict], rationale: bool = True,
                  batch_size: int = 16) -> dict:
-    """Predictions for manifest rows, in the form ``emoreason eval`` consumes."""
+    """Predictions for manifest rows, in the form ``emoreason eval`` consumes, with the
+    generated rationales checked by the verifier."""
     explainer = Explainer(checkpoint, batch_size)
-    return prediction_dict(explainer.labels, explainer.predict(rows, rationale))
+    return verify_rationales(prediction_dict(explainer.labels, explainer.predict(rows, rationale)), rows)
 
 
 def find_clips(paths: list[str]) -> list[Path]:

@@ -1,7 +1,7 @@
 """``emoreason quickstart``: the whole flow, offline, on a CPU, in a few minutes.
 
-Trains the tiny model of ``recipes/quickstart.yaml`` on the bundled synthesised clips
-(``data/samples/``), evaluates it on the held-out speaker, and explains two clips.
+Measures the evidence of the bundled synthesised clips (``data/samples/``) and writes
+verified template rationales from it, trains the tiny model of ``recipes/quickstart.yaml`` on them, evaluates it on the held-out speaker, and explains two clips.
 """
 
 from __future__ import annotations
@@ -15,7 +15,11 @@ import numpy as np
 
 from reasoning.config import load_recipe
 from reasoning.errors import UserError
-from reasoning.manifest import read_manifest
+from reasoning.evaluate import score_prediction
+from reasoning.evidence import measure_manifest
+from reasoning.explain import Explainer, format_summary, prediction_dict, verify_rationales
+from reasoning.manifest import read_manifest, write_manifest
+from reasoning.rationales import write_rationales
 from reasoning.train import TrainRecipe, select_rows
 
 log = logging.getLogger(__name__)
@@ -39,9 +43,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from reasoning.evaluate import score_prediction
-    from reasoning.explain import Explainer, format_summary, prediction_dict
-
     if not RECIPE.is_file():
         raise UserError(f"{RECIPE}: missing. The quickstart runs from a source checkout of emoreason.")
     out = Path(args.out).resolve()
@@ -53,10 +54,17 @@ def run(args: argparse.Namespace) -> int:
             part.config = str(REPO / part.config)
     m.llm.tokenizer = str(REPO / m.llm.tokenizer)
     d.train_manifest = str(REPO / d.train_manifest)
-    if d.eval_manifest:
-        d.eval_manifest = str(REPO / d.eval_manifest)
+    out.mkdir(parents=True, exist_ok=True)
 
-    print(f"== 1/3 train: {RECIPE.relative_to(REPO)} -> {out}")
+    print("== 1/4 evidence and rationales for the bundled clips")
+    rows, ev = measure_manifest(read_manifest(d.train_manifest))
+    rows, rs = write_rationales(rows, "template", force=True)
+    manifest = write_manifest(rows, out / "manifest.jsonl")
+    d.train_manifest = d.eval_manifest = str(manifest)
+    print(f"  measured {ev['measured']} clips; {rs['final_pass']}/{rs['rationales']} template rationales "
+          f"pass the verifier, e.g. {rows[0]['id']}: \"{rows[0]['rationale']['text']}\"")
+
+    print(f"== 2/4 train: {RECIPE.relative_to(REPO)} -> {out}")
     trainer = TrainRecipe(recipe)
     trainer.setup()
     history = trainer.train()
@@ -68,18 +76,19 @@ def run(args: argparse.Namespace) -> int:
     if not all(last < first for first, last in curve.values()):
         log.warning("the loss did not fall for every task: %s", curve)
 
-    print("== 2/3 evaluate on the held-out speaker (split: test)")
+    print("== 3/4 evaluate on the held-out speaker (split: test)")
     test = select_rows(read_manifest(d.eval_manifest or d.train_manifest), d.eval_split)
     explainer = Explainer(out)
-    pred = prediction_dict(explainer.labels, explainer.predict(test, rationale=False, progress=False))
+    pred = verify_rationales(prediction_dict(explainer.labels, explainer.predict(test, progress=False)), test)
     metrics = score_prediction(test, pred, explainer.labels, "emotion")
     va = metrics["va"]["annotated"]
     scores = {"clips": len(test), "UA": metrics["ua"], "WA": metrics["wa"], "macro_F1": metrics["macro_f1"],
               "top2": metrics["k_best"]["top2"], "CCC_valence": va["valence"]["ccc"],
-              "CCC_arousal": va["arousal"]["ccc"]}
+              "CCC_arousal": va["arousal"]["ccc"],
+              "rationale_pass": metrics["rationales"]["pass_rate"]}
     print("  " + "  ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in scores.items()))
 
-    print("== 3/3 explain two clips")
+    print("== 4/4 explain two clips")
     clips = [r for r in test if r["emotion"] in ("angry", "sad")][::3][:2]
     explained = explainer.predict(clips, progress=False)
     print("\n\n".join(format_summary(p) for p in explained))

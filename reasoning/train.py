@@ -204,7 +204,7 @@ class TrainRecipe:
             self._append_history(len(group))
             if t.log_every and self.state["step"] % t.log_every == 0:
                 self._flush_log(running)
-            if t.save_every and self.state["step"] % t.save_every == 0:
+            if t.save_every and self.state["step"] % t.save_every == 0 and self.state["step"] < self.total_steps:
                 self.save_checkpoint()
         self._flush_log(running)
         self.state.update(epoch=epoch + 1, batch=0)

@@ -78,15 +78,20 @@ def test_emodb_bad_files_are_listed_not_fatal(tmp_path):
     tone(root / "wav" / "notes.wav")                  # not an EmoDB name
     tone(root / "wav" / "03a01Xa.wav")                # no such emotion letter
     (root / "wav" / "09a04Ab.wav").write_bytes(b"RIFF....WAVEjunk")   # corrupt
+    tone(root / "wav" / "10a05Lc.wav", seconds=1.0)
+    whole = (root / "wav" / "10a05Lc.wav").read_bytes()
+    (root / "wav" / "10a05Lc.wav").write_bytes(whole[: len(whole) // 2])   # cut-off copy
     result = prepare("emodb", root, tmp_path / "out", split="speaker-random", seed=1)
     rows = {r["id"]: r for r in read_manifest(result.manifest)}
     assert sorted(rows) == ["03a01Wa", "08a02Tb", "17b01Nc"]
     assert rows["17b01Nc"]["gender"] is None and rows["08a02Tb"]["gender"] == "f"
     assert rows["03a01Wa"]["transcript"] is None       # no transcripts.csv here
     reasons = {d["id"]: d["reason"] for d in result.card["dropped"]}
-    assert set(reasons) == {"notes", "03a01Xa", "09a04Ab"}
+    assert set(reasons) == {"notes", "03a01Xa", "09a04Ab", "10a05Lc"}
     assert "SSTTTEV" in reasons["notes"] and "'X'" in reasons["03a01Xa"]
     assert "09a04Ab.wav" in reasons["09a04Ab"]
+    assert "10a05Lc.wav: truncated" in reasons["10a05Lc"]
+    assert {d["where"] for d in result.card["dropped"]} >= {"wav/notes.wav", "wav/10a05Lc.wav"}
     assert any("17" in p and "speaker table" in p for p in result.card["problems"])
     assert {r["split"] for r in rows.values()} == {"train", "dev", "test"}   # one speaker each
     assert rows["03a01Wa"]["arousal"] > rows["08a02Tb"]["arousal"]
@@ -177,3 +182,18 @@ def test_cli_prepares_and_reports_errors(tmp_path, capsys):
     assert main(["prepare", "generic", "--root", str(root), "--out", str(out),
                  "--label-map", "oops"]) == 2
     assert "SRC=DST" in capsys.readouterr().err
+
+    # Constants of the derived-VA formula from a file; unknown fields are refused.
+    config = tmp_path / "va.yaml"
+    config.write_text("valence_prior_weight: 1.0\nmin_spread: {zcr: 0.01}\n")
+    assert main(["prepare", "generic", "--root", str(root), "--out", str(out),
+                 "--va-config", str(config)]) == 0
+    card = json.loads((out / "card.json").read_text())
+    assert card["va"]["config"]["valence_prior_weight"] == 1.0
+    assert card["va"]["config"]["min_spread"]["zcr"] == 0.01
+    rows = {r["id"]: r for r in read_manifest(out / "manifest.jsonl")}
+    assert (rows["a"]["valence"], rows["b"]["valence"]) == (0.7, -0.6)   # the priors alone
+    config.write_text("valence_weight: 1.0\n")
+    assert main(["prepare", "generic", "--root", str(root), "--out", str(out),
+                 "--va-config", str(config)]) == 2
+    assert "unknown field(s) ['valence_weight']" in capsys.readouterr().err

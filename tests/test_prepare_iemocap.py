@@ -231,6 +231,19 @@ def test_full_protocol_keeps_excited_apart(tmp_path):
     assert result.card["protocol"]["rows_in"] == 10
 
 
+def test_keep_other_makes_other_a_class(tmp_path):
+    write_release(tmp_path / "corpus", audio=False)
+    result = prepare("iemocap", tmp_path / "corpus", tmp_path / "out", labels_only=True,
+                     keep_other=True)
+    rows = by_id(read_manifest(result.manifest))
+    assert (rows["Ses01F_impro01_F001"]["emotion"], rows["Ses01F_impro01_F001"]["emotion_orig"]) == (
+        "other", "xxx")
+    assert rows["Ses01F_impro01_M001"]["emotion"] == "other"
+    assert rows["Ses01F_impro01_F000"]["emotion"] == "neutral"
+    assert result.card["protocol"]["labels"] == ["neutral", "happy", "angry", "sad", "other"]
+    assert result.card["protocol"]["rows_in"] == 11 and not result.card["protocol"]["excluded"]
+
+
 def test_with_audio_drops_the_corrupt_clip_and_folds_by_session(release, tmp_path):
     result = prepare("iemocap", release, tmp_path / "out", workers=2)
     rows = read_manifest(result.manifest)

@@ -29,7 +29,7 @@ from reasoning.prepare import card as card_mod
 from reasoning.prepare import emodb, generic, iemocap, meld
 from reasoning.prepare.clips import ClipTask, process_clips
 from reasoning.prepare.corpus import Corpus, PrepareOptions
-from reasoning.prepare.protocols import (DEFAULT_PROTOCOL, PROTOCOLS, apply_protocol,
+from reasoning.prepare.protocols import (DEFAULT_PROTOCOL, OTHER, PROTOCOLS, apply_protocol,
                                          get_protocol)
 from reasoning.prepare.splits import (SPLIT_STRATEGIES, LeakageError, assign_loso,
                                       assign_random, assign_speaker_random, balanced_subset,
@@ -118,6 +118,40 @@ def _read_audio(corpus: Corpus, opts: PrepareOptions) -> tuple[list[dict], str]:
     return kept, text
 
 
+def _derive_va(rows: list[dict], corpus: Corpus, opts: PrepareOptions) -> tuple[str | None, str]:
+    """Fill derived valence/arousal where the corpus has none; (va_source, card text)."""
+    if corpus.va_source == "annotated":
+        return "annotated", "annotated by the corpus, mapped linearly to [-1, 1]"
+    measured = [r for r in rows if r.get("_features")]
+    if corpus.va_source != "derived" or not measured:
+        why = ("no audio read, so none derived" if opts.labels_only else
+               "--no-derived-va" if not opts.derive_va else "no clip could be measured")
+        return None, f"none ({why})"
+    va = derive_va([r["_features"] for r in measured], [r["emotion"] for r in measured],
+                   opts.va_config)
+    for row, (v, a) in zip(measured, va):
+        row["valence"], row["arousal"], row["va_source"] = v, a, "derived"
+    cfg = opts.va_config
+    return "derived", (
+        f"derived from acoustics for {len(measured)} clips (va_source = derived): arousal from "
+        f"the {cfg.energy_percentile:g}th percentile of frame log-RMS and the spectral balance "
+        f"(vocal effort), with an emotion prior of weight {cfg.arousal_prior_weight:g}; valence "
+        f"from an emotion prior of weight {cfg.valence_prior_weight:g} plus spectral centroid, "
+        "level and zero-crossing rate; features normalised over the corpus (formula in "
+        "reasoning/prepare/va.py, constants in card.json va.config)")
+
+
+def _keep_other(rows: list[dict], labels: list[str]) -> list[str]:
+    """Make "other / no agreement" a class: rows outside ``labels`` become "other" (their
+    label moves to ``emotion_orig``); returns the label set with "other" in it."""
+    if not labels:
+        return labels
+    for row in rows:
+        if row["emotion"] is not None and row["emotion"] not in labels:
+            row["emotion_orig"], row["emotion"] = row["emotion"], OTHER
+    return labels + ([OTHER] if OTHER not in labels else [])
+
+
 def _assign_splits(rows: list[dict], strategy: str, corpus: Corpus, opts: PrepareOptions) -> bool:
     """Fill ``split``; returns whether the split is speaker-disjoint (and so checked)."""
     if strategy == "official":
@@ -156,6 +190,8 @@ def _command(dataset: str, root: Path, out: Path, opts: PrepareOptions) -> str:
         parts += [f"--{key}-col", col]
     if opts.labels_only:
         parts.append("--labels-only")
+    if opts.keep_other:
+        parts.append("--keep-other")
     return " ".join(parts)
 
 
@@ -204,26 +240,7 @@ def prepare(dataset: str, root: str | Path, out: str | Path,
         durations = [r["duration"] for r in rows]
         durations_source = "the decoded audio"
 
-    va_source = "annotated" if corpus.va_source == "annotated" else None
-    va_text = ("annotated by the corpus, mapped linearly to [-1, 1]" if va_source else "none")
-    if corpus.va_source == "derived":
-        measured = [r for r in rows if r.get("_features")]
-        if measured:
-            va = derive_va([r["_features"] for r in measured], [r["emotion"] for r in measured],
-                           opts.va_config)
-            for row, (v, a) in zip(measured, va):
-                row["valence"], row["arousal"], row["va_source"] = v, a, "derived"
-            va_source = "derived"
-            cfg = opts.va_config
-            va_text = (f"derived from acoustics for {len(measured)} clips (va_source = derived): "
-                       f"arousal from the {cfg.energy_percentile:g}th percentile of frame "
-                       "log-RMS and the spectral balance (vocal effort), with an emotion prior "
-                       f"of weight {cfg.arousal_prior_weight:g}; valence from an emotion prior "
-                       f"of weight {cfg.valence_prior_weight:g} plus spectral centroid, level "
-                       "and zero-crossing rate; features normalised over the corpus "
-                       "(formula in reasoning/prepare/va.py, constants in card.json va.config)")
-        else:
-            va_text = "none (no audio read, so none derived)"
+    va_source, va_text = _derive_va(rows, corpus, opts)
 
     strategy = opts.split or corpus.default_split
     disjoint = _assign_splits(rows, strategy, corpus, opts)
@@ -231,7 +248,11 @@ def prepare(dataset: str, root: str | Path, out: str | Path,
     dup = [i for i, n in ids.items() if n > 1]
     if dup:  # loaders drop duplicates; this guards the manifest contract itself
         raise UserError(f"duplicate id {dup[0]!r} in {root}; ids must be unique.")
-    kept, excluded = apply_protocol(rows, corpus.labels)
+    labels = _keep_other(rows, list(corpus.labels)) if opts.keep_other else list(corpus.labels)
+    kept, excluded = apply_protocol(rows, labels)
+    for entry in corpus.dropped:   # the card names the root once; keep "where" short
+        if entry["where"].startswith(str(root) + os.sep):
+            entry["where"] = entry["where"][len(str(root)) + 1:]
 
     write_manifest([_clean(r) for r in rows], manifest_path)
     card = {
@@ -240,7 +261,7 @@ def prepare(dataset: str, root: str | Path, out: str | Path,
         "manifest": MANIFEST_NAME, "rows": len(rows), "labels_only": opts.labels_only,
         "audio": audio_text,
         "protocol": {"name": protocol.name, "description": protocol.description,
-                     "labels": list(corpus.labels), "rows_in": len(kept),
+                     "labels": labels, "rows_in": len(kept), "keep_other": opts.keep_other,
                      "excluded": [{"id": r["id"], "label": r["emotion"], "reason": why}
                                   for r, why in excluded]},
         "split": {"strategy": strategy, "speaker_disjoint": disjoint,

@@ -81,7 +81,8 @@ def render_markdown(card: dict) -> str:
            f"- Protocol: `{card['protocol']['name']}`: {card['protocol']['description']} "
            f"Labels: {', '.join(card['protocol']['labels']) or '(every label)'}. "
            f"{card['protocol']['rows_in']} rows in the protocol, "
-           f"{len(card['protocol']['excluded'])} excluded by it (kept in the manifest, listed below).",
+           f"{len(card['protocol']['excluded'])} excluded by it (kept in the manifest, listed "
+           "below).",
            f"- Split: `{card['split']['strategy']}`: {card['split']['description']}",
            f"- Valence/arousal: {card['va']['description']}",
            f"- Rows not in the manifest: {len(card['dropped'])} (listed below)", ""]
@@ -117,7 +118,8 @@ def render_markdown(card: dict) -> str:
     else:
         out.append("None.")
     excluded = card["protocol"]["excluded"]
-    out += ["", f"## Rows excluded by the protocol `{card['protocol']['name']}` ({len(excluded)})", ""]
+    out += ["", f"## Rows excluded by the protocol `{card['protocol']['name']}` "
+                f"({len(excluded)})", ""]
     if excluded:
         grouped = defaultdict(list)
         for e in excluded:

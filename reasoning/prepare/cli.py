@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+from pathlib import Path
+
+import yaml
 
 from reasoning.errors import UserError
-from reasoning.prepare import DATASETS, PROTOCOLS, PrepareOptions, prepare
+from reasoning.prepare import DATASETS, PROTOCOLS, DerivedVAConfig, PrepareOptions, prepare
 from reasoning.prepare.generic import COLUMN_KEYS
 from reasoning.prepare.splits import SPLIT_STRATEGIES
 
@@ -31,6 +35,30 @@ def _pairs(text: str | None) -> dict[str, str]:
                             "hap=happy,exc=happy).")
         pairs[src.strip()] = dst.strip()
     return pairs
+
+
+def load_va_config(path: str | None) -> DerivedVAConfig:
+    """A :class:`DerivedVAConfig` with the fields set in a YAML/JSON file (others default)."""
+    if not path:
+        return DerivedVAConfig()
+    try:
+        values = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise UserError(f"--va-config {path}: cannot read it ({err}).") from err
+    names = {f.name for f in dataclasses.fields(DerivedVAConfig)}
+    if not isinstance(values, dict) or set(values) - names:
+        bad = sorted(set(values) - names) if isinstance(values, dict) else values
+        raise UserError(f"--va-config {path}: unknown field(s) {bad}; the fields are "
+                        f"{', '.join(sorted(names))} (reasoning/prepare/va.py).")
+    for key in ("lf_band", "hf_band"):
+        if key in values:
+            values[key] = tuple(values[key])
+    if "min_spread" in values:
+        values["min_spread"] = {**DerivedVAConfig().min_spread, **values["min_spread"]}
+    try:
+        return DerivedVAConfig(**values)
+    except (TypeError, ValueError) as err:
+        raise UserError(f"--va-config {path}: {err}") from err
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -63,7 +91,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--clips", help="MELD: folder holding train_splits/, "
                         "dev_splits_complete/, output_repeated_splits_test/ (default: --root)")
     parser.add_argument("--name", help="generic: dataset name (default: the root's name)")
-    group = parser.add_argument_group("generic tables (CSV/TSV/JSONL): column names")
+    group = parser.add_argument_group("generic corpora (label folders; CSV/TSV/JSONL tables and their columns)")
     for key in COLUMN_KEYS:
         group.add_argument(f"--{key}-col", dest=f"{key}_col", metavar="COLUMN",
                            help=f"column holding {key}" + (" (the emotion label)"
@@ -73,8 +101,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        "with other labels stay in the manifest and are excluded by it")
     group.add_argument("--va-range", default="1,5",
                        help="LO,HI scale of annotated valence/arousal/dominance columns")
+    parser.add_argument("--keep-other", action="store_true",
+                        help="relabel rows outside the protocol's labels 'other' and keep them "
+                             "in it (the original label goes to emotion_orig)")
     parser.add_argument("--no-derived-va", action="store_true",
                         help="leave valence/arousal empty when the corpus has no annotation")
+    parser.add_argument("--va-config", metavar="FILE",
+                        help="YAML/JSON file overriding constants of the derived-VA formula "
+                             "(fields of DerivedVAConfig in reasoning/prepare/va.py)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -86,7 +120,8 @@ def run(args: argparse.Namespace) -> int:
         columns={k: getattr(args, f"{k}_col") for k in COLUMN_KEYS if getattr(args, f"{k}_col")},
         label_map=_pairs(args.label_map),
         labels=[x.strip() for x in args.labels.split(",") if x.strip()] if args.labels else None,
-        va_range=_floats(args.va_range, 2, "--va-range"), derive_va=not args.no_derived_va)
+        va_range=_floats(args.va_range, 2, "--va-range"), keep_other=args.keep_other,
+        derive_va=not args.no_derived_va, va_config=load_va_config(args.va_config))
     result = prepare(args.dataset, args.root, args.out, options)
     card = result.card
     state = "up to date, nothing redone" if result.skipped else "written"

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import subprocess
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import soundfile as sf
 from tqdm import tqdm
 
 from reasoning.audio import SAMPLE_RATE, load_audio
@@ -67,17 +69,45 @@ def extract_wav(src: str, dst: str) -> bool:
     return True
 
 
+_DATA_SIZE = re.compile(r"^data\s*:\s*(\d+)\s*\(should be\s*(\d+)\)", re.M)
+
+
+def check_complete(path: str) -> None:
+    """Raise AudioError when a WAV holds less audio than its header promises.
+
+    libsndfile reads a cut-off WAV without complaint (it returns the samples that are
+    there), so a half-copied file would otherwise pass as a shorter clip. Headers that
+    streaming writers leave at 0 or 0xFFFFFFFF are not taken as truncation.
+    """
+    try:
+        info = sf.info(path)
+    except (sf.LibsndfileError, RuntimeError):
+        return      # not a soundfile format: load_audio decodes (or rejects) it
+    m = _DATA_SIZE.search(info.extra_info or "")
+    if m:
+        declared, actual = int(m.group(1)), int(m.group(2))
+        if actual < declared and declared not in (0, 0xFFFFFFFF, 0xFFFFFFFF - 8):
+            raise AudioError(f"{path}: truncated: the header promises {declared} bytes of audio "
+                             f"but the file holds {actual}. Copy or download the file again.")
+
+
 def process_clip(task: ClipTask) -> dict:
     """Extract (if asked), decode and measure one clip.
 
     Returns ``{"ok": True, "duration": s, "features": {...} or None, "extracted": bool}`` or
     ``{"ok": False, "error": message naming the file}``.
     """
+    path = task.dst or task.src
     try:
         extracted = extract_wav(task.src, task.dst) if task.dst else False
-        wave = load_audio(task.dst or task.src, task.start, task.end)
+        check_complete(path)
+        wave = load_audio(path, task.start, task.end)
     except AudioError as err:
         return {"ok": False, "error": str(err)}
+    except (OSError, RuntimeError, ValueError) as err:
+        # Anything else a damaged file can raise in a decoder: one clip, not the corpus.
+        return {"ok": False, "error": f"{path}: cannot be read ({type(err).__name__}: {err}). "
+                                      "Re-export the file or remove it."}
     features = clip_features(wave, SAMPLE_RATE, task.va_config) if task.features else None
     return {"ok": True, "duration": round(wave.size / SAMPLE_RATE, 4), "features": features,
             "extracted": extracted}

@@ -31,6 +31,7 @@ class PrepareOptions:
     label_map: dict = field(default_factory=dict)  # generic: user's label -> canonical label
     labels: list | None = None    # generic: the label set of the protocol
     va_range: tuple = (1.0, 5.0)  # generic: scale of annotated VA columns (mapped to [-1, 1])
+    keep_other: bool = False      # relabel rows outside the protocol "other" (and keep them in it)
     derive_va: bool = True        # derive VA from acoustics when the corpus has none
     va_config: DerivedVAConfig = field(default_factory=DerivedVAConfig)
 

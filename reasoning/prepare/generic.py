@@ -114,7 +114,8 @@ def _read_table(path: Path, corpus: Corpus) -> tuple[list[str], list[tuple[str, 
 def _resolve_columns(path: Path, available: list[str], opts: PrepareOptions) -> dict[str, str]:
     unknown = set(opts.columns) - set(COLUMN_KEYS)
     if unknown:
-        raise UserError(f"unknown column key(s) {sorted(unknown)}; keys are {', '.join(COLUMN_KEYS)}.")
+        raise UserError(f"unknown column key(s) {sorted(unknown)}; keys are "
+                        f"{', '.join(COLUMN_KEYS)}.")
     mapping = {}
     for key in COLUMN_KEYS:
         if opts.columns.get(key):
@@ -223,6 +224,7 @@ def load(root: Path, out: Path, opts: PrepareOptions, protocol: Protocol) -> Cor
         load_table(root, out, opts, protocol, corpus)
     else:
         load_folder(root, out, opts, protocol, corpus)
-    if corpus.default_split != "official" and corpus.rows and all(r["speaker"] for r in corpus.rows):
+    has_speakers = bool(corpus.rows) and all(r["speaker"] for r in corpus.rows)
+    if corpus.default_split != "official" and has_speakers:
         corpus.default_split = "speaker-random"
     return corpus

@@ -140,7 +140,10 @@ def load(root: Path, out: Path, opts: PrepareOptions, protocol: Protocol) -> Cor
     if missing:
         corpus.problems.append(f"{root}: {', '.join(missing)} not found; the other sessions "
                                "are prepared.")
-    name_of = lambda code: protocol.merge.get(CODES[code], CODES[code])  # noqa: E731
+
+    def name_of(code: str) -> str:
+        return protocol.merge.get(CODES[code], CODES[code])
+
     seen: dict[str, str] = {}
     n_audio = 0
     no_text: list[str] = []

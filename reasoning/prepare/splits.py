@@ -58,10 +58,11 @@ def assign_speaker_random(rows: list[dict], seed: int = 0,
             if fractions[SPLIT_NAMES.index(name)] > 0:
                 assignment[speaker] = name
                 have[name] += by_speaker[speaker]
+    open_splits = [s for s, share in zip(SPLIT_NAMES, fractions) if share > 0]
     for speaker in speakers:
         if speaker in assignment:
             continue
-        name = max(SPLIT_NAMES, key=lambda s: fractions[SPLIT_NAMES.index(s)] * total - have[s])
+        name = max(open_splits, key=lambda s: fractions[SPLIT_NAMES.index(s)] * total - have[s])
         assignment[speaker] = name
         have[name] += by_speaker[speaker]
     for row in rows:
@@ -76,7 +77,8 @@ def assign_random(rows: list[dict], seed: int = 0,
     n_train = round(fractions[0] * len(rows))
     n_dev = round(fractions[1] * len(rows))
     for rank, i in enumerate(order):
-        rows[i]["split"] = "train" if rank < n_train else "dev" if rank < n_train + n_dev else "test"
+        rows[i]["split"] = ("train" if rank < n_train else
+                            "dev" if rank < n_train + n_dev else "test")
 
 
 def check_speaker_disjoint(first: list[dict], second: list[dict],

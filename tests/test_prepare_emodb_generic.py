@@ -111,6 +111,13 @@ def test_folder_of_label_subfolders(tmp_path):
     assert result.card["split"]["strategy"] == "random"
     assert "NOT speaker-disjoint" in result.card["split"]["description"]
     assert [d["id"] for d in result.card["dropped"]] == ["loose"]
+    # Without reading audio, a clip added to a label folder still makes the output stale.
+    args = dict(labels_only=True, labels=["happy", "sad"])
+    prepare("generic", root, tmp_path / "out2", **args)
+    assert prepare("generic", root, tmp_path / "out2", **args).skipped
+    tone(root / "sad" / "d.wav")
+    again = prepare("generic", root, tmp_path / "out2", **args)
+    assert not again.skipped and again.card["rows"] == 4
 
 
 def test_csv_with_mapped_columns(tmp_path):

@@ -72,6 +72,10 @@ def _fingerprint(dataset: str, root: Path, corpus: Corpus, opts: PrepareOptions)
     h = hashlib.sha256(json.dumps(
         {"prepare_version": PREPARE_VERSION, "dataset": dataset, "root": str(root.resolve()),
          "options": opts.fingerprint_dict()}, sort_keys=True, default=str).encode())
+    # Which rows and clips there are (a clip added to a label folder is a change even
+    # with --labels-only), then the stat of every file read.
+    for row in corpus.rows:
+        h.update(f"{row['id']}\0{row.get('_src')}\n".encode())
     files = [str(p) for p in corpus.inputs]
     if not opts.labels_only:
         files += [r[k] for r in corpus.rows for k in ("_src", "_dst") if r.get(k)]

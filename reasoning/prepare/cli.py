@@ -91,7 +91,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--clips", help="MELD: folder holding train_splits/, "
                         "dev_splits_complete/, output_repeated_splits_test/ (default: --root)")
     parser.add_argument("--name", help="generic: dataset name (default: the root's name)")
-    group = parser.add_argument_group("generic corpora (label folders; CSV/TSV/JSONL tables and their columns)")
+    group = parser.add_argument_group(
+        "generic corpora (label folders; CSV/TSV/JSONL tables and their columns)")
     for key in COLUMN_KEYS:
         group.add_argument(f"--{key}-col", dest=f"{key}_col", metavar="COLUMN",
                            help=f"column holding {key}" + (" (the emotion label)"

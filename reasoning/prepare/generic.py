@@ -158,6 +158,8 @@ def load_table(path: Path, out: Path, opts: PrepareOptions, protocol: Protocol,
     available, records = _read_table(path, corpus)
     cols = _resolve_columns(path, available, opts)
     lo, hi = (float(x) for x in opts.va_range)
+    if not hi > lo:
+        raise UserError(f"--va-range {lo:g},{hi:g}: the high end must be above the low end.")
     if any(k in cols for k in ("valence", "arousal", "dominance")):
         corpus.va_source = "annotated"
     if "split" in cols:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from reasoning.audio import load_audio
 from reasoning.errors import UserError
 from reasoning.manifest import read_manifest
 from reasoning.prepare import folds, prepare
@@ -259,6 +260,22 @@ def test_with_audio_drops_the_corrupt_clip_and_folds_by_session(release, tmp_pat
     assert [name for name, _, _ in pairs] == ["session1", "session2"]
     for _, train, test in pairs:
         assert not {r["speaker"] for r in train} & {r["speaker"] for r in test}
+
+
+def test_dialog_recording_stands_in_for_a_missing_sentence_file(release, tmp_path):
+    session = release / "Session1"
+    (session / "sentences" / "wav" / "Ses01M_script01_1" / "Ses01M_script01_1_M000.wav").unlink()
+    (session / "dialog" / "wav").mkdir()
+    t = np.arange(7 * 16000) / 16000
+    # Loud only between 3 s and 4 s, where the summary line puts the utterance.
+    loud_then_quiet = np.where((t >= 3) & (t < 4), 0.5, 0.001) * np.sin(2 * np.pi * 200 * t)
+    sf.write(session / "dialog" / "wav" / "Ses01M_script01_1.wav",
+             loud_then_quiet.astype("float32"), 16000)
+    result = prepare("iemocap", release, tmp_path / "out", workers=1)
+    row = {r["id"]: r for r in read_manifest(result.manifest)}["Ses01M_script01_1_M000"]
+    assert row["audio"].endswith("dialog/wav/Ses01M_script01_1.wav")
+    assert (row["start"], row["end"], row["duration"]) == (3.0, 4.0, 1.0)
+    assert np.abs(load_audio(row["audio"], row["start"], row["end"])).max() > 0.4
 
 
 def test_rerun_skips_until_an_input_changes(release, tmp_path):

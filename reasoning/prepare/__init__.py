@@ -61,6 +61,8 @@ SPLIT_DESCRIPTIONS = {
 
 @dataclass
 class PrepareResult:
+    """What :func:`prepare` made (or found up to date)."""
+
     manifest: Path      # <out>/manifest.jsonl
     card_path: Path     # <out>/card.md (card.json beside it)
     card: dict          # the card.json content

@@ -66,7 +66,8 @@ def _atomic_write(path: Path, text: str) -> None:
 
 def _table(header: list[str], rows: list[list]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(x) for x in row) + " |" for row in rows]
+    # A "|" inside a cell (e.g. "<F|M>" in a reason) would split the cell.
+    lines += ["| " + " | ".join(str(x).replace("|", "\\|") for x in row) + " |" for row in rows]
     return lines
 
 

@@ -6,7 +6,6 @@ message naming the file instead of stopping the corpus.
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import shutil
@@ -21,8 +20,6 @@ from tqdm import tqdm
 from reasoning.audio import SAMPLE_RATE, load_audio
 from reasoning.errors import AudioError, UserError
 from reasoning.prepare.va import DerivedVAConfig, clip_features
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,6 @@ Sex comes from the corpus's speaker table; the sentence from ``transcripts.csv``
 from __future__ import annotations
 
 import csv
-import logging
 import re
 from pathlib import Path
 
@@ -16,8 +15,6 @@ from reasoning.errors import UserError
 from reasoning.prepare.clips import manifest_audio_path
 from reasoning.prepare.corpus import Corpus, PrepareOptions
 from reasoning.prepare.protocols import Protocol
-
-log = logging.getLogger(__name__)
 
 EMOTION_LETTERS = {"W": "anger", "L": "boredom", "E": "disgust", "A": "fear",
                    "F": "happiness", "T": "sadness", "N": "neutral"}

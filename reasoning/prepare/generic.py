@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import logging
 import re
 from pathlib import Path
 
@@ -19,8 +18,6 @@ from reasoning.errors import UserError
 from reasoning.prepare.clips import manifest_audio_path
 from reasoning.prepare.corpus import Corpus, PrepareOptions, normalise_gender
 from reasoning.prepare.protocols import Protocol
-
-log = logging.getLogger(__name__)
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".opus", ".mp3", ".m4a", ".mp4", ".aac", ".webm"}
 TABLE_SUFFIXES = {".csv", ".tsv", ".jsonl"}

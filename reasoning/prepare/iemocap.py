@@ -6,11 +6,15 @@ labels gives one vote to each), the dimensional consensus mapped 1..5 -> -1..1, 
 transcript, the speaker (``Ses01F``/``Ses01M`` from the utterance name, which gives the
 gender) and ``split = session<n>``. The file formats are described in the shared
 FORMAT.md; the parser is tolerant of the release's irregular whitespace.
+
+Audio is the utterance's own file (``sentences/wav/<dialog>/<utt>.wav``, so ``start`` and
+``end`` are null); where that file is missing but the whole-dialog recording
+(``dialog/wav/<dialog>.wav``) is there, the row points at it with ``start``/``end`` from
+the summary line. The summary times are kept as ``dialog_start``/``dialog_end`` always.
 """
 
 from __future__ import annotations
 
-import logging
 import re
 from collections import Counter
 from pathlib import Path
@@ -19,8 +23,6 @@ from reasoning.errors import UserError
 from reasoning.prepare.clips import manifest_audio_path
 from reasoning.prepare.corpus import Corpus, PrepareOptions
 from reasoning.prepare.protocols import Protocol
-
-log = logging.getLogger(__name__)
 
 # Consensus code -> canonical name (before the protocol's merge).
 CODES = {"neu": "neutral", "hap": "happy", "exc": "excited", "sad": "sad", "ang": "angry",
@@ -177,7 +179,11 @@ def load(root: Path, out: Path, opts: PrepareOptions, protocol: Protocol) -> Cor
                     continue
                 seen[name] = where
                 session_no, letter = int(m.group(1)), m.group(2)
-                wav = session / "sentences" / "wav" / dialog / f"{name}.wav"
+                wav, start, end = session / "sentences" / "wav" / dialog / f"{name}.wav", None, None
+                if not wav.is_file() and (session / "dialog" / "wav" / f"{dialog}.wav").is_file():
+                    # No sentence file: cut the utterance out of the whole-dialog recording.
+                    wav = session / "dialog" / "wav" / f"{dialog}.wav"
+                    start, end = block["start"], block["end"]
                 n_audio += wav.is_file()
                 votes = Counter(name_of(c) for c in block["votes"])
                 v, a, d = (_scale(x, where, corpus) for x in block["vad"])
@@ -187,7 +193,7 @@ def load(root: Path, out: Path, opts: PrepareOptions, protocol: Protocol) -> Cor
                 corpus.rows.append({
                     "id": name,
                     "audio": manifest_audio_path(wav, out),
-                    "start": None, "end": None,
+                    "start": start, "end": end,
                     "dataset": "iemocap",
                     "speaker": f"Ses{session_no:02d}{letter}",
                     "gender": letter.lower(),
@@ -207,9 +213,9 @@ def load(root: Path, out: Path, opts: PrepareOptions, protocol: Protocol) -> Cor
         raise UserError(f"{root}: no utterances found in Session*/dialog/EmoEvaluation/*.txt. "
                         "Point --root at the IEMOCAP release folder.")
     if corpus.rows and n_audio == 0 and not opts.labels_only:
-        raise UserError(f"{root}: no utterance audio under Session*/sentences/wav/. Unpack the "
-                        "audio there, or pass --labels-only to write the manifest from the "
-                        "annotations alone.")
+        raise UserError(f"{root}: no utterance audio under Session*/sentences/wav/ (nor dialog "
+                        "recordings under Session*/dialog/wav/). Unpack the audio there, or pass "
+                        "--labels-only to write the manifest from the annotations alone.")
     if no_text:
         corpus.problems.append(f"{len(no_text)} utterances have no line in their "
                                f"transcriptions file (first: {no_text[0]}); transcript left "

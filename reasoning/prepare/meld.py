@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import io
-import logging
 import re
 from pathlib import Path
 
@@ -18,8 +17,6 @@ from reasoning.errors import UserError
 from reasoning.prepare.clips import manifest_audio_path, require_ffmpeg
 from reasoning.prepare.corpus import Corpus, PrepareOptions, find_dir, find_file
 from reasoning.prepare.protocols import PROTOCOLS, Protocol
-
-log = logging.getLogger(__name__)
 
 SPLITS = ("train", "dev", "test")
 CSV_NAMES = {"train": "train_sent_emo.csv", "dev": "dev_sent_emo.csv", "test": "test_sent_emo.csv"}

@@ -18,6 +18,8 @@ OTHER = "other"
 
 @dataclass(frozen=True)
 class Protocol:
+    """A named label set, the merges that lead to it, and what it is for."""
+
     name: str
     dataset: str
     labels: tuple[str, ...]          # () = every label the corpus has

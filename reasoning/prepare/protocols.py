@@ -1,0 +1,82 @@
+"""Evaluation protocols: which labels a task uses and which labels are merged.
+
+The manifest keeps every utterance; a protocol never deletes rows. Preparation applies the
+protocol's ``merge`` (IEMOCAP 4-class: ``excited`` -> ``happy``) so ``emotion`` holds the
+protocol's label, and rows whose label is outside ``labels`` keep their own name
+(``frustrated``, ``xxx``). :func:`apply_protocol` is the one filter that excludes them, and
+the dataset card lists every row it excludes. A recipe's ``data.labels`` is ``labels``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from reasoning.errors import UserError
+
+OTHER = "other"
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """A named label set, the merges that lead to it, and what it is for."""
+
+    name: str
+    dataset: str
+    labels: tuple[str, ...]          # () = every label the corpus has
+    description: str
+    merge: dict = field(default_factory=dict)   # canonical label -> protocol label
+
+
+PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
+    Protocol("iemocap4", "iemocap", ("neutral", "happy", "angry", "sad"),
+             "IEMOCAP 4-class: neutral, happy (= hap + exc), angry, sad. Every other "
+             "consensus label (fru, sur, fea, dis, oth, xxx) stays in the manifest under "
+             "its own name and is excluded by this protocol.",
+             merge={"excited": "happy"}),
+    Protocol("iemocap_full", "iemocap",
+             ("neutral", "happy", "excited", "sad", "angry", "frustrated", "surprised",
+              "fearful", "disgusted", "other"),
+             "IEMOCAP full label set: the ten consensus labels; xxx (no majority among the "
+             "annotators) is excluded."),
+    Protocol("meld7", "meld", ("neutral", "joy", "surprise", "anger", "sadness", "disgust", "fear"),
+             "MELD 7-class emotion."),
+    Protocol("emodb7", "emodb",
+             ("anger", "boredom", "disgust", "fear", "happiness", "sadness", "neutral"),
+             "EmoDB 7-class emotion."),
+    Protocol("all", "*", (), "Every label found in the corpus."),
+)}
+
+DEFAULT_PROTOCOL = {"iemocap": "iemocap4", "meld": "meld7", "emodb": "emodb7"}
+
+
+def get_protocol(name: str, dataset: str) -> Protocol:
+    """The protocol ``name``, checked against ``dataset``; raises UserError naming the choices."""
+    protocol = PROTOCOLS.get(name)
+    fits = [p for p, v in PROTOCOLS.items() if v.dataset in (dataset, "*")]
+    if protocol is None or protocol.dataset not in (dataset, "*"):
+        raise UserError(f"--protocol {name}: not a protocol for {dataset}; choose one of "
+                        f"{', '.join(fits)}.")
+    return protocol
+
+
+def apply_protocol(rows: list[dict], labels: list[str] | tuple[str, ...],
+                   keep_other: bool = False) -> tuple[list[dict], list[tuple[dict, str]]]:
+    """Split rows into (kept, [(row, reason), ...]) by whether ``emotion`` is in ``labels``.
+
+    With ``keep_other`` a row outside the label set is kept with ``emotion = "other"``
+    (its own label moves to ``emotion_orig``), so "other / no agreement" can be a class.
+    Rows without a label are always excluded. An empty ``labels`` keeps every labelled row.
+    """
+    allowed = set(labels)
+    kept, excluded = [], []
+    for row in rows:
+        emotion = row.get("emotion")
+        if emotion is None:
+            excluded.append((row, "no emotion label"))
+        elif not allowed or emotion in allowed:
+            kept.append(row)
+        elif keep_other:
+            kept.append({**row, "emotion": OTHER, "emotion_orig": emotion})
+        else:
+            excluded.append((row, f"label {emotion!r} is not in the protocol's label set"))
+    return kept, excluded

@@ -8,7 +8,8 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = ROOT.parent / "shared" / "data"
+# EMOREASON_SHARED_DATA points elsewhere, e.g. from a second worktree.
+SHARED_DATA = Path(os.environ.get("EMOREASON_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
 
 @pytest.fixture

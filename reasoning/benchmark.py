@@ -50,9 +50,9 @@ def run_benchmark(recipe, only_fold: str | None = None) -> dict:
     protocol = get_protocol(recipe.eval.protocol)
     rows = read_manifest(recipe.data.train_manifest)
     kept, label_set, _ = select_rows(rows, protocol)
-    if recipe.data.labels and list(recipe.data.labels) != list(label_set):
+    if recipe.data.labels and set(recipe.data.labels) != set(label_set):
         raise RecipeError(f"data.labels {recipe.data.labels} differ from protocol {protocol.name}'s labels "
-                          f"{label_set}: set data.labels to the protocol's, in that order, or leave it empty.")
+                          f"{label_set}: set data.labels to the protocol's, or leave it empty.")
     root = Path(recipe.train.output_dir)
     folds = list(iter_folds(kept, protocol, recipe.eval.dev_speakers, only_fold))
     for i, fold in enumerate(folds, 1):
@@ -63,7 +63,7 @@ def run_benchmark(recipe, only_fold: str | None = None) -> dict:
         log.info("fold %s (%d/%d): training on %d rows, testing on %d", fold.name, i, len(folds),
                  len(fold.train), len(fold.test))
         fold_recipe = copy.deepcopy(recipe)
-        fold_recipe.data.labels = list(label_set)
+        fold_recipe.data.labels = list(recipe.data.labels or label_set)
         fold_recipe.data.train_manifest = str(write_manifest(fold.train, run_dir / FOLD_MANIFEST))
         fold_recipe.data.train_split = []
         fold_recipe.train.output_dir = str(run_dir)

@@ -143,7 +143,7 @@ class DataConfig:
     temperature: float = _f(1.0, "`weighted` schedule: task probability ∝ (weight * examples) ** (1 / temperature).")
     phases: list = _f([], "`phased` schedule: a list of {tasks: [...], train: [parts]} epochs; parts are speech, paralinguistic, llm, heads. A final joint epoch of every task and part follows.")
     batch_size: int = _f(8, "Examples per batch and process.")
-    class_balanced: bool = _f(False, "Emotion task: sample each label equally often (undersampling the frequent ones each epoch).")
+    balance: str = _f("none", "Emotion task, each epoch: `undersample` every label to the rarest one's count; `weighted`: draw examples with replacement, weighted by inverse label frequency; `none`.")
 
     def __post_init__(self) -> None:
         unknown = set(self.tasks) - set(TASKS)
@@ -165,6 +165,8 @@ class DataConfig:
             bad = set(phase.get("train", [])) - set(PARTS)
             if bad:
                 raise RecipeError(f"data.phases[{i}].train: unknown part(s) {sorted(bad)}; parts are {', '.join(PARTS)}.")
+        if self.balance not in ("none", "undersample", "weighted"):
+            raise RecipeError(f"data.balance: {self.balance!r} is not one of none, undersample, weighted.")
         if self.batch_size < 1:
             raise RecipeError("data.batch_size must be at least 1.")
 

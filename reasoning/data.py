@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from reasoning.audio import SAMPLE_RATE, load_audio
+from reasoning.prepare.splits import balanced_subset, example_weights
 
 log = logging.getLogger(__name__)
 
@@ -184,6 +185,10 @@ class TaskSchedule:
     * ``phased``: epoch e trains only the tasks and parts of ``phases[e % len(phases)]``;
       the last epoch is joint (every task, every part).
 
+    ``balance`` (emotion task only, given the ``labels`` of the examples): ``undersample``
+    every label to the rarest one's count, or ``weighted`` draws with replacement by inverse
+    label frequency; both are drawn anew each epoch.
+
     Batches are global: ``batch_size × world_size`` examples, of which rank r takes every
     ``world_size``-th, so every process runs the same task at the same step.
     """
@@ -191,7 +196,7 @@ class TaskSchedule:
     def __init__(self, examples: dict[str, list[int]], weights: dict[str, float], batch_size: int,
                  schedule: str = "round_robin", temperature: float = 1.0, phases: list | None = None,
                  epochs: int = 1, seed: int = 0, world_size: int = 1,
-                 balance_labels: dict[int, str] | None = None):
+                 labels: dict[int, str] | None = None, balance: str = "none"):
         self.examples = {t: list(v) for t, v in examples.items() if v}
         self.weights = weights
         self.batch_size = batch_size
@@ -201,7 +206,8 @@ class TaskSchedule:
         self.epochs = epochs
         self.seed = seed
         self.world_size = world_size
-        self.balance_labels = balance_labels
+        self.labels = labels or {}
+        self.balance = balance
 
     def phase(self, epoch: int) -> dict:
         """The tasks and parts of ``epoch`` (all of them outside ``phased``)."""
@@ -210,13 +216,14 @@ class TaskSchedule:
         return self.phases[epoch % len(self.phases)]
 
     def _task_batches(self, task: str, rng: np.random.Generator) -> list[list[int]]:
-        idx = np.array(self.examples[task])
-        if task == "emotion" and self.balance_labels:
-            by_label: dict[str, list[int]] = {}
-            for i in idx:
-                by_label.setdefault(self.balance_labels[int(i)], []).append(int(i))
-            least = min(len(v) for v in by_label.values())
-            idx = np.concatenate([rng.choice(v, least, replace=False) for _, v in sorted(by_label.items())])
+        idx = self.examples[task]
+        if task == "emotion" and self.balance != "none":
+            rows = [{"i": i, "emotion": self.labels[i]} for i in idx]
+            if self.balance == "undersample":
+                idx = [r["i"] for r in balanced_subset(rows, seed=int(rng.integers(2**31)))]
+            else:
+                w = np.array(example_weights(rows))
+                idx = rng.choice(idx, size=len(idx), replace=True, p=w / w.sum()).tolist()
         idx = rng.permutation(idx).tolist()
         size = self.batch_size * self.world_size
         if self.world_size > 1 and len(idx) % self.world_size:  # equal shares on every rank

@@ -37,12 +37,10 @@ from dataclasses import dataclass
 from typing import Any, Iterator, NamedTuple, Sequence
 
 from reasoning.errors import ManifestError, UserError
+from reasoning.prepare.splits import LeakageError as SpeakerLeakError
+from reasoning.prepare.splits import check_speaker_disjoint
 
 log = logging.getLogger(__name__)
-
-
-class SpeakerLeakError(ManifestError):
-    """A test speaker appears in the training or dev rows of a speaker-independent fold."""
 
 
 @dataclass(frozen=True)
@@ -137,14 +135,8 @@ def _speaker(row: dict, protocol: Protocol) -> str:
 
 def check_speaker_independent(fold: Fold) -> None:
     """Raise :class:`SpeakerLeakError` if a test speaker has a training or dev row."""
-    test_speakers = {str(r.get("speaker")) for r in fold.test}
     for part, rows in (("training", fold.train), ("dev", fold.dev)):
-        for row in rows:
-            if str(row.get("speaker")) in test_speakers:
-                raise SpeakerLeakError(
-                    f"fold {fold.name}: test speaker {row.get('speaker')!r} is also in the "
-                    f"{part} rows (e.g. {row.get('id')!r}). Fix the rows' 'speaker' or 'split' "
-                    "fields so that each speaker is in one session.")
+        check_speaker_disjoint(rows, fold.test, names=(f"fold {fold.name} {part}", f"fold {fold.name} test"))
 
 
 def _session_folds(rows: list[dict], protocol: Protocol) -> list[tuple[str, list, list]]:

@@ -102,8 +102,8 @@ class TrainRecipe:
                 log.warning("task %s: no row of %s can serve it; it is skipped", task, d.train_manifest)
         self.schedule = TaskSchedule(
             examples, d.tasks, d.batch_size, d.schedule, d.temperature, d.phases, r.train.epochs,
-            r.train.seed, self.world,
-            balance_labels={i: row["emotion"] for i, row in enumerate(rows)} if d.class_balanced else None)
+            r.train.seed, self.world, labels={i: row.get("emotion") for i, row in enumerate(rows)},
+            balance=d.balance)
         if not self.schedule.examples:
             raise UserError(f"{d.train_manifest}: no row serves any task in data.tasks.")
         self.plans = [self.schedule.plan(e) for e in range(r.train.epochs)]

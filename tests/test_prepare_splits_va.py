@@ -8,7 +8,7 @@ from sklearn.utils.class_weight import compute_class_weight
 
 from reasoning.prepare import (DerivedVAConfig, LeakageError, apply_protocol, balanced_subset,
                                check_speaker_disjoint, check_splits, class_weights, derive_va,
-                               example_weights, folds)
+                               example_weights)
 from reasoning.prepare.splits import assign_loso, assign_random, assign_speaker_random
 from reasoning.prepare.va import clip_features
 
@@ -47,12 +47,14 @@ def test_three_speakers_give_one_each_to_dev_and_test():
 
 
 def test_loso_gives_one_fold_per_speaker():
+    from reasoning.folds import PROTOCOLS, iter_folds
+
     rows = corpus(4)
     assign_loso(rows)
-    pairs = folds(rows)
-    assert [name for name, _, _ in pairs] == ["speaker-s0", "speaker-s1", "speaker-s2", "speaker-s3"]
-    for name, train, test in pairs:
+    assert sorted({r["split"] for r in rows}) == ["speaker-s0", "speaker-s1", "speaker-s2", "speaker-s3"]
+    for name, train, _, test in iter_folds(rows, PROTOCOLS["loso"]):
         assert {r["speaker"] for r in test} == {name.removeprefix("speaker-")}
+        assert {r["split"] for r in test} == {name}
         check_speaker_disjoint(train, test)
         assert len(train) + len(test) == len(rows)
 

@@ -46,8 +46,14 @@ def test_ranks_get_equal_disjoint_shares_of_every_batch():
         assert len(r0) == len(r1) and not set(r0) & set(r1) or batch.count(batch[0]) > 1
 
 
-def test_class_balanced_undersamples_frequent_labels():
+def test_class_balanced_undersampling_and_weighted_sampling():
     labels = {i: ("neutral" if i < 15 else "sad") for i in range(20)}
-    s = TaskSchedule({"emotion": list(range(20))}, {"emotion": 1}, 4, balance_labels=labels)
+    s = TaskSchedule({"emotion": list(range(20))}, {"emotion": 1}, 4, labels=labels, balance="undersample")
     used = [i for _, b in s.plan(0) for i in b]
     assert Counter(labels[i] for i in used) == {"neutral": 5, "sad": 5}
+    assert used != [i for _, b in s.plan(1) for i in b], "a new draw each epoch"
+
+    big = {i: ("neutral" if i < 900 else "sad") for i in range(1000)}
+    w = TaskSchedule({"emotion": list(range(1000))}, {"emotion": 1}, 10, labels=big, balance="weighted")
+    drawn = Counter(big[i] for _, b in w.plan(0) for i in b)
+    assert sum(drawn.values()) == 1000 and 0.8 < drawn["sad"] / drawn["neutral"] < 1.25

@@ -34,12 +34,12 @@ from reasoning.prepare.protocols import (DEFAULT_PROTOCOL, OTHER, PROTOCOLS, app
 from reasoning.prepare.splits import (SPLIT_STRATEGIES, LeakageError, assign_loso,
                                       assign_random, assign_speaker_random, balanced_subset,
                                       check_speaker_disjoint, check_splits, class_weights,
-                                      example_weights, folds)
+                                      example_weights)
 from reasoning.prepare.va import DerivedVAConfig, derive_va
 
 __all__ = ["prepare", "PrepareOptions", "PrepareResult", "DATASETS", "PROTOCOLS",
            "apply_protocol", "balanced_subset", "class_weights", "example_weights",
-           "check_speaker_disjoint", "check_splits", "folds", "LeakageError",
+           "check_speaker_disjoint", "check_splits", "LeakageError",
            "DerivedVAConfig", "derive_va"]
 
 log = logging.getLogger(__name__)

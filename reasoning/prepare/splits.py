@@ -105,13 +105,6 @@ def check_speaker_disjoint(first: list[dict], second: list[dict],
                 "speaker-random), or fix the speaker ids.")
 
 
-def folds(rows: list[dict]) -> list[tuple[str, list[dict], list[dict]]]:
-    """Leave-one-fold-out pairs ``(fold, train_rows, test_rows)``, one per ``split`` value."""
-    names = sorted({r["split"] for r in rows})
-    return [(name, [r for r in rows if r["split"] != name], [r for r in rows if r["split"] == name])
-            for name in names]
-
-
 def check_splits(rows: list[dict]) -> None:
     """Check every pair of ``split`` values for a shared speaker (train/dev/test or folds)."""
     by_split = defaultdict(list)

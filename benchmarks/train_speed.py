@@ -1,0 +1,143 @@
+"""Training and explain speed of the toolkit against the bare model, measured side by side.
+
+    python benchmarks/train_speed.py [--steps 8] [--repeats 3]
+
+A mid-size random configuration (about 100 M parameters: Whisper-base-like encoder,
+a WavLM-like SSL encoder, a 12-layer LLM) is trained on the bundled clips. It prints:
+
+(a) the toolkit's training step (``TrainRecipe.train_epoch``: collation, forward, backward,
+    clipping, optimizer and scheduler step, loss logging) divided by the bare forward +
+    backward + optimizer step of the same model on the same pre-collated batches
+    (target: at most 1.10);
+(d) ``explain`` clips per second at batch 16 divided by one clip at a time
+    (target: at least 4);
+(e) peak resident memory of the process.
+
+Each measurement alternates the two sides ``--repeats`` times and reports medians, since
+the machine is shared and noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from conftest import SAMPLES, tiny_recipe_tree  # noqa: E402
+
+from reasoning.config import load_recipe  # noqa: E402
+from reasoning.explain import Explainer  # noqa: E402
+from reasoning.manifest import read_manifest  # noqa: E402
+from reasoning.train import TrainRecipe  # noqa: E402
+
+MID_WHISPER = {"num_mel_bins": 80, "d_model": 512, "encoder_layers": 6, "encoder_attention_heads": 8,
+               "encoder_ffn_dim": 2048, "decoder_layers": 1, "decoder_attention_heads": 8,
+               "decoder_ffn_dim": 512, "max_source_positions": 1500, "max_target_positions": 32,
+               "vocab_size": 64, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2,
+               "decoder_start_token_id": 1}
+MID_SSL = {"model_type": "wavlm", "hidden_size": 384, "num_hidden_layers": 4, "num_attention_heads": 6,
+           "intermediate_size": 1536, "conv_dim": [256] * 7, "num_conv_pos_embeddings": 32,
+           "num_conv_pos_embedding_groups": 8, "num_buckets": 160, "max_bucket_distance": 400,
+           "mask_time_prob": 0.0}
+MID_LLM = {"model_type": "qwen2", "hidden_size": 768, "intermediate_size": 2048, "num_hidden_layers": 12,
+           "num_attention_heads": 12, "num_key_value_heads": 4, "max_position_embeddings": 1024,
+           "tie_word_embeddings": False}
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def mid_recipe(tmp: Path, steps: int):
+    tree = tiny_recipe_tree(tmp / "run", SAMPLES, train={"max_steps": 10_000, "lr": 1e-4})
+    tree["model"]["speech"].update(config=MID_WHISPER, num_tokens=64)
+    tree["model"]["paralinguistic"].update(config=MID_SSL, num_tokens=8)
+    tree["model"]["llm"]["config"] = MID_LLM
+    tree["model"]["projector_hidden"] = 1024
+    tree["data"].update(batch_size=8, train_split=[])
+    return load_recipe(tree=tree)
+
+
+def time_toolkit(trainer: TrainRecipe, plan: list) -> float:
+    trainer.plans[0] = plan
+    trainer.state.update(epoch=0, batch=0)
+    start = time.perf_counter()
+    trainer.train_epoch(0)
+    return (time.perf_counter() - start) / len(plan)
+
+
+def time_bare(trainer: TrainRecipe, batches: list[dict]) -> float:
+    model, opt = trainer.model, trainer.optimizer
+    start = time.perf_counter()
+    for batch in batches:
+        model(batch)["loss"].backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return (time.perf_counter() - start) / len(batches)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=8, help="training steps per timing")
+    parser.add_argument("--repeats", type=int, default=3, help="alternations of the two sides")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = TrainRecipe(mid_recipe(Path(tmp), args.steps))
+        trainer.setup()
+        n_params = sum(p.numel() for p in trainer.unwrapped.parameters())
+        plan = trainer.schedule.plan(0)[: args.steps]
+        batches = [trainer._batch(task, idx) for task, idx in plan]  # pre-collated, audio decoded
+        time_bare(trainer, batches[:2])  # warm-up of both paths
+        time_toolkit(trainer, plan[:2])
+        toolkit, bare = [], []
+        for _ in range(args.repeats):
+            toolkit.append(time_toolkit(trainer, plan))
+            bare.append(time_bare(trainer, batches))
+        results["train_step_s"] = {"toolkit": statistics.median(toolkit), "bare": statistics.median(bare)}
+        rss_train = peak_rss_mb()
+        trainer.save_checkpoint()
+        trainer.cleanup()
+
+        rows = read_manifest(SAMPLES)[:16]
+        explainer = Explainer(trainer.output_dir, batch_size=16, max_new_tokens=16)
+        explainer.predict(rows[:2], progress=False)  # warm-up
+        batched, single = [], []
+        for _ in range(args.repeats):
+            explainer.batch_size = 16
+            t = time.perf_counter()
+            explainer.predict(rows, progress=False)
+            batched.append(len(rows) / (time.perf_counter() - t))
+            explainer.batch_size = 1
+            t = time.perf_counter()
+            explainer.predict(rows, progress=False)
+            single.append(len(rows) / (time.perf_counter() - t))
+        results["explain_clips_per_s"] = {"batch16": statistics.median(batched), "batch1": statistics.median(single)}
+
+    a = results["train_step_s"]["toolkit"] / results["train_step_s"]["bare"]
+    d = results["explain_clips_per_s"]["batch16"] / results["explain_clips_per_s"]["batch1"]
+    print(f"model: {n_params / 1e6:.1f} M parameters; {args.steps} steps x {args.repeats} repeats; "
+          f"torch threads {torch.get_num_threads()}")
+    print(f"{'measure':58s} {'value':>10s} {'target':>8s}")
+    print(f"{'(a) train step: toolkit / bare fwd+bwd+opt':58s} {a:10.3f} {'<= 1.10':>8s}"
+          f"   ({results['train_step_s']['toolkit']:.3f} s vs {results['train_step_s']['bare']:.3f} s)")
+    print(f"{'(d) explain clips/s: batch 16 / batch 1':58s} {d:10.2f} {'>= 4':>8s}"
+          f"   ({results['explain_clips_per_s']['batch16']:.2f} vs {results['explain_clips_per_s']['batch1']:.2f})")
+    print(f"{'(e) peak resident memory, training (MB)':58s} {rss_train:10.0f}")
+    print(f"{'(e) peak resident memory, training + explain (MB)':58s} {peak_rss_mb():10.0f}")
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()

@@ -97,3 +97,15 @@ def load_audio(
     if not np.all(np.isfinite(wave)):
         raise AudioError(f"{path}: the audio contains NaN or infinite samples. Re-export it.")
     return resample(wave, sr, sample_rate)
+
+
+def duration(row: dict) -> float:
+    """Seconds of audio a manifest row uses, from ``start``/``end`` or the file's header
+    (0.0 when the header cannot be read: the clip is then reported when it is loaded)."""
+    if row.get("end") is not None:
+        return float(row["end"]) - float(row.get("start") or 0.0)
+    try:
+        info = sf.info(str(row["audio"]))
+    except (sf.LibsndfileError, RuntimeError, OSError):
+        return 0.0
+    return info.frames / info.samplerate - float(row.get("start") or 0.0)

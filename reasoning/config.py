@@ -143,6 +143,7 @@ class DataConfig:
     temperature: float = _f(1.0, "`weighted` schedule: task probability ∝ (weight * examples) ** (1 / temperature).")
     phases: list = _f([], "`phased` schedule: a list of {tasks: [...], train: [parts]} epochs; parts are speech, paralinguistic, llm, heads. A final joint epoch of every task and part follows.")
     batch_size: int = _f(8, "Examples per batch and process.")
+    group_by_length: bool = _f(True, "Batch clips of similar duration together (shuffled within chunks of 50 batches) so that little is padded.")
     balance: str = _f("none", "Emotion task, each epoch: `undersample` every label to the rarest one's count; `weighted`: draw examples with replacement, weighted by inverse label frequency; `none`.")
 
     def __post_init__(self) -> None:

@@ -142,11 +142,14 @@ class Collator:
         b = self.builder
         waves = [torch.from_numpy(self.audio(r)) for r in rows]
         n = len(rows)
+        lengths = torch.tensor([len(w) for w in waves])
         batch = {
             "task": task,
             "ids": [r["id"] for r in rows],
             "waves": torch.nn.utils.rnn.pad_sequence(waves, batch_first=True),
-            "wave_lengths": torch.tensor([len(w) for w in waves]),
+            "wave_lengths": lengths,
+            # padded samples per real sample: what length grouping keeps small
+            "padding": float(n * lengths.max() - lengths.sum()) / float(lengths.sum()),
             "gender": torch.tensor([{"f": 0, "m": 1}.get(r.get("gender"), -1) for r in rows]),
             **self.prompt_batch(task, n),
         }
@@ -176,6 +179,9 @@ def vote_distribution(row: dict, labels: list[str]) -> list[float]:
     return (counts / max(counts.sum(), 1e-9)).tolist()
 
 
+GROUP_BATCHES = 50  # batches per length-sorted chunk (see TaskSchedule)
+
+
 class TaskSchedule:
     """Which task and which examples each step of an epoch uses.
 
@@ -189,6 +195,11 @@ class TaskSchedule:
     every label to the rarest one's count, or ``weighted`` draws with replacement by inverse
     label frequency; both are drawn anew each epoch.
 
+    With ``durations`` (seconds per example), batches are grouped by length: the shuffled
+    examples are cut into chunks of ``GROUP_BATCHES`` batches, each chunk is sorted by
+    duration and split into batches, and the batches are shuffled. Clips of a batch then
+    have similar lengths, so little is padded, while the order stays random.
+
     Batches are global: ``batch_size × world_size`` examples, of which rank r takes every
     ``world_size``-th, so every process runs the same task at the same step.
     """
@@ -196,7 +207,8 @@ class TaskSchedule:
     def __init__(self, examples: dict[str, list[int]], weights: dict[str, float], batch_size: int,
                  schedule: str = "round_robin", temperature: float = 1.0, phases: list | None = None,
                  epochs: int = 1, seed: int = 0, world_size: int = 1,
-                 labels: dict[int, str] | None = None, balance: str = "none"):
+                 labels: dict[int, str] | None = None, balance: str = "none",
+                 durations: list[float] | None = None):
         self.examples = {t: list(v) for t, v in examples.items() if v}
         self.weights = weights
         self.batch_size = batch_size
@@ -208,6 +220,7 @@ class TaskSchedule:
         self.world_size = world_size
         self.labels = labels or {}
         self.balance = balance
+        self.durations = durations
 
     def phase(self, epoch: int) -> dict:
         """The tasks and parts of ``epoch`` (all of them outside ``phased``)."""
@@ -228,7 +241,13 @@ class TaskSchedule:
         size = self.batch_size * self.world_size
         if self.world_size > 1 and len(idx) % self.world_size:  # equal shares on every rank
             idx += idx[: self.world_size - len(idx) % self.world_size]
-        return [idx[i:i + size] for i in range(0, len(idx), size)]
+        if self.durations is None:
+            return [idx[i:i + size] for i in range(0, len(idx), size)]
+        batches = []
+        for start in range(0, len(idx), size * GROUP_BATCHES):
+            chunk = sorted(idx[start:start + size * GROUP_BATCHES], key=self.durations.__getitem__)
+            batches += [chunk[i:i + size] for i in range(0, len(chunk), size)]
+        return [batches[i] for i in rng.permutation(len(batches))]
 
     def plan(self, epoch: int) -> list[tuple[str, list[int]]]:
         """The ordered (task, global example indices) batches of ``epoch``."""

@@ -8,6 +8,8 @@ already constructed (see :mod:`reasoning.builders`); none reads files.
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import torch
 from torch import nn
@@ -118,6 +120,7 @@ class OpenSmileEncoder(nn.Module):
         self.smile = opensmile.Smile(feature_set=opensmile.FeatureSet.eGeMAPSv02,
                                      feature_level=opensmile.FeatureLevel.LowLevelDescriptors)
         n_features = len(self.smile.feature_names)
+        self._cache: dict[bytes, np.ndarray] = {}
         self.hidden_size = hidden_size
         self.norm = nn.BatchNorm1d(n_features)
         self.net = nn.Sequential(
@@ -126,9 +129,17 @@ class OpenSmileEncoder(nn.Module):
         )
 
     def descriptors(self, wave: np.ndarray) -> np.ndarray:
-        """(frames, 25) low-level descriptors of one clip."""
-        lld = self.smile.process_signal(wave, SAMPLE_RATE).to_numpy(dtype=np.float32)
-        return np.nan_to_num(lld)
+        """(frames, 25) low-level descriptors of one clip.
+
+        They depend on the samples alone, so they are computed once per distinct clip and
+        kept in memory (about 10 kB per second of audio), keyed by a hash of the samples.
+        """
+        key = hashlib.blake2b(np.ascontiguousarray(wave).tobytes(), digest_size=16).digest()
+        lld = self._cache.get(key)
+        if lld is None:
+            lld = np.nan_to_num(self.smile.process_signal(wave, SAMPLE_RATE).to_numpy(dtype=np.float32))
+            self._cache[key] = lld
+        return lld
 
     def forward(self, waves: torch.Tensor, wave_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         llds = [torch.from_numpy(self.descriptors(w[: int(n)].cpu().numpy()))

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from reasoning.audio import duration
 from reasoning.builders import build_model, materialize
 from reasoning.checkpoint import load_trainable, load_training_state, resolve_checkpoint, save_checkpoint
 from reasoning.config import RECIPE_NAME, Recipe, describe_fields, load_recipe, save_recipe
@@ -103,7 +104,7 @@ class TrainRecipe:
         self.schedule = TaskSchedule(
             examples, d.tasks, d.batch_size, d.schedule, d.temperature, d.phases, r.train.epochs,
             r.train.seed, self.world, labels={i: row.get("emotion") for i, row in enumerate(rows)},
-            balance=d.balance)
+            balance=d.balance, durations=[duration(row) for row in rows] if d.group_by_length else None)
         if not self.schedule.examples:
             raise UserError(f"{d.train_manifest}: no row serves any task in data.tasks.")
         self.plans = [self.schedule.plan(e) for e in range(r.train.epochs)]
@@ -190,7 +191,9 @@ class TrainRecipe:
                         losses = self.model(batch)
                     acc.backward(losses["loss"] / len(group))
                 record = {k: acc.reduce(v.detach(), "mean").item() for k, v in losses.items()}
+                record["padding"] = batch["padding"]
                 running.setdefault(task, []).append(record["loss"])
+                running.setdefault("padding", []).append(batch["padding"])
                 self.history.append({"step": self.state["step"] + 1, "epoch": epoch, "task": task, **record})
             self._mask_frozen_parts(parts)
             if t.max_grad_norm > 0:
@@ -218,7 +221,9 @@ class TrainRecipe:
 
     def _flush_log(self, running: dict) -> None:
         if running and self.accelerator.is_main_process:
-            parts = " | ".join(f"{task} {sum(v) / len(v):.4f}" for task, v in running.items())
+            parts = " | ".join(f"{task} {sum(v) / len(v):.4f}" for task, v in running.items()
+                               if task != "padding")
+            parts += f" | padded/real samples {sum(running['padding']) / len(running['padding']):.3f}"
             log.info("step %d/%d | lr %.2e | %s", self.state["step"], self.total_steps,
                      self.scheduler.get_last_lr()[0], parts)
         running.clear()

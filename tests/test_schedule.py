@@ -57,3 +57,30 @@ def test_class_balanced_undersampling_and_weighted_sampling():
     w = TaskSchedule({"emotion": list(range(1000))}, {"emotion": 1}, 10, labels=big, balance="weighted")
     drawn = Counter(big[i] for _, b in w.plan(0) for i in b)
     assert sum(drawn.values()) == 1000 and 0.8 < drawn["sad"] / drawn["neutral"] < 1.25
+
+
+def iemocap_like_durations(n: int, seed: int = 0) -> list[float]:
+    """Utterance durations like IEMOCAP's: 0.6-30 s, median about 3 s (log-normal)."""
+    import numpy as np
+
+    return np.clip(np.random.default_rng(seed).lognormal(np.log(3.0), 0.75, n), 0.6, 30.0).tolist()
+
+
+def padded_over_real(schedule: TaskSchedule, durations: list[float]) -> float:
+    """(real + padded) / real audio positions over an epoch."""
+    total = real = 0.0
+    for _, batch in schedule.plan(0):
+        total += max(durations[i] for i in batch) * len(batch)
+        real += sum(durations[i] for i in batch)
+    return total / real
+
+
+def test_length_grouping_cuts_padding_and_keeps_every_example():
+    durations = iemocap_like_durations(2000)
+    examples = {"emotion": list(range(2000))}
+    plain = TaskSchedule(examples, {"emotion": 1}, 16)
+    grouped = TaskSchedule(examples, {"emotion": 1}, 16, durations=durations)
+    assert sorted(i for _, b in grouped.plan(0) for i in b) == list(range(2000))
+    assert padded_over_real(grouped, durations) <= 1.15 < padded_over_real(plain, durations)
+    assert grouped.plan(0) != grouped.plan(1) and grouped.plan(0) == TaskSchedule(
+        examples, {"emotion": 1}, 16, durations=durations).plan(0)

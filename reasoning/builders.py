@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from reasoning.cache import EncoderCache, encoder_key
 from reasoning.config import Recipe
 from reasoning.encoders import OpenSmileEncoder, SSLEncoder, WhisperSpeechEncoder
 from reasoning.errors import RecipeError, UserError
@@ -150,6 +151,23 @@ def build_llm(cfg, lora):
     return get_peft_model(llm, peft_cfg), tokenizer
 
 
+def attach_caches(model: DualEncoderLLM, recipe: Recipe) -> None:
+    """Give each encoder without trainable parameters an output cache (reasoning.cache)."""
+    m = recipe.model
+    settings = {"speech": dict(path=m.speech.path, mel_policy=m.speech.mel_policy, max_seconds=m.speech.max_seconds),
+                "paralinguistic": dict(path=m.paralinguistic.path, layer=m.paralinguistic.layer,
+                                       max_seconds=m.speech.max_seconds)}
+    for name, encoder in (("speech", model.speech_encoder), ("paralinguistic", model.paralinguistic_encoder)):
+        if encoder is None or any(p.requires_grad for p in encoder.parameters()):
+            log.info("encoder cache: %s encoder has trainable parameters and is not cached", name)
+            continue
+        inner = getattr(encoder, "encoder", None) or encoder.model
+        dtype = str(next(encoder.parameters()).dtype)
+        key = encoder_key(name, inner.config.to_dict(), dtype=dtype, **settings[name])
+        model.caches[name] = EncoderCache(m.encoder_cache, key)
+        log.info("encoder cache: %s -> %s", name, model.caches[name].dir)
+
+
 def build_model(recipe: Recipe) -> tuple[DualEncoderLLM, object]:
     """Assemble the full model from a recipe whose parts all have a ``path``."""
     m, h = recipe.model, recipe.heads
@@ -170,6 +188,8 @@ def build_model(recipe: Recipe) -> tuple[DualEncoderLLM, object]:
         gender_head=nn.Linear(hidden, 2) if h.gender_weight > 0 else None,
         fusion=m.fusion, fuse=fuse, va_layer=h.va_layer, va_loss=h.va_loss, va_weight=h.va_weight,
         gender_weight=h.gender_weight, emotion_loss=h.emotion_loss)
+    if m.encoder_cache:
+        attach_caches(model, recipe)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     log.info("model: %s trainable of %s parameters (%.2f%%)", f"{trainable:,}", f"{total:,}",

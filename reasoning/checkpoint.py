@@ -119,6 +119,7 @@ def load_for_inference(path: str | Path):
     recipe = load_recipe(ckpt / RECIPE_NAME)
     model, tokenizer = build_model(recipe)
     load_trainable(model, ckpt)
+    model.caches.clear()  # the encoder-output cache speeds up training; prediction never writes to it
     model.eval()
     return model, tokenizer, recipe, ckpt
 

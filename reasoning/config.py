@@ -98,6 +98,7 @@ class ModelConfig:
     llm: LLMConfig = _f(None, "The language model.")
     fusion: str = _f("sequence", "`sequence`: speech then paralinguistic tokens along the sequence; `feature`: both pooled to the speech budget and concatenated along features.")
     projector_hidden: int = _f(512, "Hidden width of each encoder's two-layer MLP projector.")
+    encoder_cache: str | None = _f(None, "Folder for the outputs of frozen encoders, computed once per clip and reused across epochs and tasks (null: off).")
 
     def __post_init__(self) -> None:
         if self.fusion not in ("sequence", "feature"):

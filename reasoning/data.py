@@ -146,6 +146,7 @@ class Collator:
         batch = {
             "task": task,
             "ids": [r["id"] for r in rows],
+            "clips": [{"audio": r["audio"], "start": r.get("start"), "end": r.get("end")} for r in rows],
             "waves": torch.nn.utils.rnn.pad_sequence(waves, batch_first=True),
             "wave_lengths": lengths,
             # padded samples per real sample: what length grouping keeps small

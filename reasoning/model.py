@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from reasoning.cache import EncoderCache, encode_with_cache
+
 IGNORE = -100
 PARTS = ("speech", "paralinguistic", "llm", "heads")
 
@@ -108,6 +110,7 @@ class DualEncoderLLM(nn.Module):
         self.va_weight = va_weight
         self.gender_weight = gender_weight
         self.emotion_loss = emotion_loss
+        self.caches: dict[str, EncoderCache] = {}  # encoder name -> its output cache (frozen encoders)
 
     @property
     def num_audio_tokens(self) -> int:
@@ -127,12 +130,22 @@ class DualEncoderLLM(nn.Module):
         raise KeyError(name)
 
     # -- audio ----------------------------------------------------------------------
-    def encode_audio(self, waves: torch.Tensor, wave_lengths: torch.Tensor) -> torch.Tensor:
-        """(B, S) waves -> (B, A, H) audio embeddings in the LLM's dtype."""
-        feats, lengths = self.speech_encoder(waves, wave_lengths)
+    def _encode(self, name: str, encoder: nn.Module, waves: torch.Tensor, wave_lengths: torch.Tensor,
+                clips: list[dict] | None) -> tuple[torch.Tensor, torch.Tensor]:
+        cache = self.caches.get(name)
+        if cache is None or clips is None:
+            return encoder(waves, wave_lengths)
+        return encode_with_cache(encoder, cache, waves, wave_lengths, clips)
+
+    def encode_audio(self, waves: torch.Tensor, wave_lengths: torch.Tensor,
+                     clips: list[dict] | None = None) -> torch.Tensor:
+        """(B, S) waves -> (B, A, H) audio embeddings in the LLM's dtype. With ``clips``
+        (their audio/start/end), frozen encoders read and fill the encoder-output cache."""
+        feats, lengths = self._encode("speech", self.speech_encoder, waves, wave_lengths, clips)
         audio = self.projectors["speech"](feats, lengths)
         if self.paralinguistic_encoder is not None:
-            pfeats, plengths = self.paralinguistic_encoder(waves, wave_lengths)
+            pfeats, plengths = self._encode("paralinguistic", self.paralinguistic_encoder, waves,
+                                            wave_lengths, clips)
             para = self.projectors["paralinguistic"](pfeats, plengths)
             audio = torch.cat([audio, para], 1) if self.fusion == "sequence" \
                 else self.fuse(torch.cat([audio, para], -1))
@@ -143,7 +156,7 @@ class DualEncoderLLM(nn.Module):
         ``audio`` (B, A, H), encoded from the batch's waves when not given."""
         emb = self.llm.get_input_embeddings()(batch["input_ids"])
         if audio is None:
-            audio = self.encode_audio(batch["waves"], batch["wave_lengths"])
+            audio = self.encode_audio(batch["waves"], batch["wave_lengths"], batch.get("clips"))
         mask = batch["audio_mask"]
         emb = emb.masked_scatter(mask[..., None], audio.reshape(-1, audio.shape[-1]))
         return emb

@@ -14,6 +14,7 @@ import logging
 import sys
 import warnings
 
+import reasoning
 from reasoning.errors import UserError
 
 # name -> (module, one-line help)
@@ -30,7 +31,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="emoreason", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="emoreason", description=reasoning.__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True

@@ -114,7 +114,7 @@ def _load_dtype(cfg) -> torch.dtype:
     return dtype or torch.float32
 
 
-def _local_tokenizer(recipe: Recipe):
+def local_tokenizer(recipe: Recipe):
     """The LLM's tokenizer when it is on disk (or cached), else None."""
     from transformers import AutoTokenizer
 
@@ -616,7 +616,7 @@ def estimate_memory(recipe: Recipe, clip_seconds: float | None = None, prompt_to
                     replay_encoders: bool = True) -> MemoryEstimate:
     """Parameters and per-process GPU memory of ``recipe`` for each of ``variants``
     (``(name, quantized, checkpointing)``; see the module docstring)."""
-    tokenizer = _local_tokenizer(recipe)
+    tokenizer = local_tokenizer(recipe)
     params = lengths = None
     cache: dict = {}  # frozen encoders' outputs, shared by every trace
     results = []

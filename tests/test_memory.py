@@ -24,7 +24,7 @@ def tiny(tmp_path_factory):
     """The tiny recipe, materialised: (recipe, tokenizer)."""
     out = tmp_path_factory.mktemp("memory")
     recipe = materialize(load_recipe(tree=tiny_recipe_tree(out / "run")), out)
-    return recipe, memory._local_tokenizer(recipe)
+    return recipe, memory.local_tokenizer(recipe)
 
 
 def real_bytes(model) -> int:

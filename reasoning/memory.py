@@ -678,7 +678,8 @@ def format_estimate(est: MemoryEstimate) -> str:
     lines.append(f"  {'heaviest task':<24}" + "".join(f"{v.heaviest_task:>{width}}" for v in est.variants))
     for v in est.variants:
         for task, err in v.failed.items():
-            lines.append(f"  ! {v.name}: a `{task}` training step fails, so it is not counted: {err}")
+            lines.append(f"  ! {v.name}: one `{task}` training step fails here (and would in training), "
+                         f"so it is not counted: {err}")
     lines += ["", "* the recipe's own setting. ckpt: gradient checkpointing of the LLM. Add about 0.5-1 GiB",
               "  for the CUDA context and kernel workspaces. DDP holds all of this on every GPU; FSDP full",
               "  shard and DeepSpeed ZeRO-3 divide weights, gradients and optimizer state by the number",

@@ -129,11 +129,15 @@ def test_cli_prints_the_table_for_the_four_variants(tiny, capsys):
     for row in ("weights", "gradients", "optimizer (AdamW)", "activations (peak)", "total"):
         assert row in out
     assert "2 clips of 1 s" in out and "counted with the tokenizer" in out
-    args = parser.parse_args([str(ROOT / "recipes/quickstart.yaml"), "--clip-seconds", "1", "--json",
-                              "--variant", "QLoRA", "--variant", "LoRA"])
+    args = parser.parse_args([str(ROOT / "recipes/quickstart.yaml"), "model.paralinguistic.kind=opensmile",
+                              "--clip-seconds", "1", "--json", "--variant", "QLoRA", "--variant", "LoRA"])
     memory.run(args)
     data = json.loads(capsys.readouterr().out)
     assert [v["name"] for v in data["variants"]] == ["LoRA", "QLoRA"]
+    # openSMILE descriptors through a small trainable encoder: all of it trains
+    from reasoning.encoders import OpenSmileEncoder
+    n = sum(p.numel() for p in OpenSmileEncoder(load_recipe(args.recipe).model.paralinguistic.hidden_size).parameters())
+    assert data["parameters"]["paralinguistic encoder"] == [n, n]
     assert data["parameters"]["all"][1] == data["variants"][0]["gradients"] // 4  # fp32 trainables
     assert all(v["total"] == v["weights"] + v["gradients"] + v["optimizer"] + v["activations"]
                for v in data["variants"])

@@ -23,6 +23,7 @@ import os
 import re
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -42,21 +43,53 @@ RNG_FILE = "rng.safetensors"
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 
 
-def module_state(model) -> dict[str, torch.Tensor]:
-    """Trainable non-LLM tensors: everything outside the LLM and the frozen encoders."""
+def module_state(model, state_dict: dict | None = None) -> dict[str, torch.Tensor]:
+    """Trainable non-LLM tensors: everything outside the LLM and the frozen encoders (of
+    ``state_dict`` when given, else of ``model.state_dict()``)."""
     frozen = [name + "." for name, mod in model.named_modules() if getattr(mod, "_frozen", False)]
-    return {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()
+    state_dict = model.state_dict() if state_dict is None else state_dict
+    return {k: v.detach().contiguous().cpu() for k, v in state_dict.items()
             if not k.startswith("llm.") and not any(k.startswith(f) for f in frozen)}
 
 
+@contextmanager
+def without_fsdp_units(model):
+    """Show ``model``'s module tree without FSDP's nested wrappers while in the context.
+
+    peft finds an adapter's weights by module path and strips FSDP's wrapper name only at
+    the start of a path, so LoRA layers inside an FSDP unit (``layers.0._fsdp_wrapped_module.
+    self_attn...``) would be left out of the saved adapter. The state dict saved is the
+    gathered one, with clean names; nothing else is touched.
+    """
+    swapped = []
+    for parent in list(model.modules()):
+        for name, child in list(parent._modules.items()):
+            inner = getattr(child, "_fsdp_wrapped_module", None)
+            if inner is not None:
+                parent._modules[name] = inner
+                swapped.append((parent, name, child))
+    try:
+        yield model
+    finally:
+        for parent, name, child in reversed(swapped):
+            parent._modules[name] = child
+
+
 def save_checkpoint(output_dir: str | Path, step: int, model, recipe: Recipe, state: dict,
-                    optimizer=None, scheduler=None, keep_last: int = 0) -> Path:
-    """Write ``checkpoint-<step>`` atomically and prune older ones beyond ``keep_last``."""
+                    optimizer=None, scheduler=None, keep_last: int = 0, state_dict: dict | None = None) -> Path:
+    """Write ``checkpoint-<step>`` atomically and prune older ones beyond ``keep_last``.
+
+    ``state_dict``: the model's full state dict when the weights are sharded over processes
+    (FSDP, DeepSpeed ZeRO-3), gathered by the caller; ``model.state_dict()`` there would hold
+    only this process's shards."""
     output_dir = Path(output_dir)
     final = output_dir / f"checkpoint-{step:06d}"
     tmp = Path(tempfile.mkdtemp(dir=output_dir, prefix=f".{final.name}.tmp-"))
-    model.llm.save_pretrained(tmp / ADAPTER_DIR)
-    save_file(module_state(model), tmp / MODULES_FILE)
+    llm_state = None if state_dict is None else \
+        {k.removeprefix("llm."): v for k, v in state_dict.items() if k.startswith("llm.")}
+    with without_fsdp_units(model):
+        model.llm.save_pretrained(tmp / ADAPTER_DIR, state_dict=llm_state)
+        save_file(module_state(model, state_dict), tmp / MODULES_FILE)
     save_recipe(recipe, tmp / RECIPE_NAME)
     (tmp / STATE_FILE).write_text(json.dumps({**state, "step": step}, indent=1))
     if optimizer is not None:

@@ -227,19 +227,26 @@ class DualEncoderLLM(nn.Module):
             prompt_embeds = self.embed_prompt(batch)
         mask = batch["attention_mask"]
         cand, cand_mask = batch["label_ids"], batch["label_mask"]  # (L, C)
-        B, L = prompt_embeds.shape[0], cand.shape[0]
-        out = self._run(prompt_embeds, mask, use_cache=True)
-        cache = out.past_key_values
-        cache.batch_repeat_interleave(L)
+        B, L, P = prompt_embeds.shape[0], cand.shape[0], prompt_embeds.shape[1]
         ids = cand.repeat(B, 1)                                       # (B*L, C)
         cmask = cand_mask.repeat(B, 1)
         full_mask = torch.cat([mask.repeat_interleave(L, 0), cmask], 1)
-        start = mask.long().sum(-1).repeat_interleave(L)[:, None]
-        positions = start + torch.arange(ids.shape[1], device=ids.device)[None, :]
-        cont = self.llm(input_ids=ids, attention_mask=full_mask, position_ids=positions,
-                        past_key_values=cache, use_cache=True)
-        first = torch.log_softmax(out.logits[:, -1].float(), -1).repeat_interleave(L, 0)  # (B*L, V)
-        rest = torch.log_softmax(cont.logits[:, :-1].float(), -1)                         # (B*L, C-1, V)
+        if self.training and self.llm.get_base_model().is_activation_checkpointing:
+            # Checkpointing turns the KV cache off in training: score every "prompt + label"
+            # sequence in one pass instead.
+            emb = torch.cat([prompt_embeds.repeat_interleave(L, 0), self.llm.get_input_embeddings()(ids)], 1)
+            logits = self._run(emb, full_mask).logits[:, P - 1:-1].float()
+            first, rest = torch.log_softmax(logits[:, 0], -1), torch.log_softmax(logits[:, 1:], -1)
+        else:
+            out = self._run(prompt_embeds, mask, use_cache=True)
+            cache = out.past_key_values
+            cache.batch_repeat_interleave(L)
+            start = mask.long().sum(-1).repeat_interleave(L)[:, None]
+            positions = start + torch.arange(ids.shape[1], device=ids.device)[None, :]
+            cont = self.llm(input_ids=ids, attention_mask=full_mask, position_ids=positions,
+                            past_key_values=cache, use_cache=True)
+            first = torch.log_softmax(out.logits[:, -1].float(), -1).repeat_interleave(L, 0)  # (B*L, V)
+            rest = torch.log_softmax(cont.logits[:, :-1].float(), -1)                         # (B*L, C-1, V)
         lp = torch.cat([first.gather(-1, ids[:, :1]), rest.gather(-1, ids[:, 1:, None]).squeeze(-1)], 1)
         seq = (lp * cmask).sum(-1).view(B, L)
         return torch.log_softmax(seq, -1)

@@ -16,6 +16,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
+from accelerate.utils import DistributedType
 from tqdm.auto import tqdm
 
 from reasoning.audio import duration
@@ -23,6 +24,7 @@ from reasoning.builders import build_model, materialize
 from reasoning.checkpoint import load_trainable, load_training_state, resolve_checkpoint, save_checkpoint
 from reasoning.config import RECIPE_NAME, Recipe, describe_fields, load_recipe, save_recipe
 from reasoning.data import AudioCache, Collator, PromptBuilder, TaskSchedule, task_target
+from reasoning.distributed import layer_classes
 from reasoning.errors import UserError
 from reasoning.manifest import read_manifest
 
@@ -80,6 +82,7 @@ class TrainRecipe:
     def _setup_model(self) -> None:
         torch.manual_seed(self.recipe.train.seed)
         self.model, self.tokenizer = build_model(self.recipe)
+        self.model._no_split_modules = layer_classes(self.model)  # FSDP's wrap units (accelerate reads this)
         self.model.train()
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.part_names = {self.model.part_of(n): [] for n, _ in self.model.named_parameters()}
@@ -120,6 +123,10 @@ class TrainRecipe:
         self.scheduler = get_scheduler(t.lr_schedule if t.lr_schedule != "constant" else "constant_with_warmup",
                                        self.optimizer, num_warmup_steps=t.warmup_steps,
                                        num_training_steps=self.total_steps)
+        if self.accelerator.distributed_type == DistributedType.DEEPSPEED:
+            # No DataLoader goes through accelerate, so DeepSpeed must be told the batch size.
+            ds = self.accelerator.state.deepspeed_plugin.deepspeed_config
+            ds["train_micro_batch_size_per_gpu"] = self.recipe.data.batch_size
         self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
         self.state = {"epoch": 0, "batch": 0, "step": 0}
 
@@ -196,8 +203,8 @@ class TrainRecipe:
                 running.setdefault("padding", []).append(batch["padding"])
                 self.history.append({"step": self.state["step"] + 1, "epoch": epoch, "task": task, **record})
             self._mask_frozen_parts(parts)
-            if t.max_grad_norm > 0:
-                acc.clip_grad_norm_(self.params, t.max_grad_norm)
+            if t.max_grad_norm > 0:  # all parameters: FSDP then clips by the norm over every shard
+                acc.clip_grad_norm_(self.model.parameters(), t.max_grad_norm)
             self.optimizer.step()
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
@@ -229,13 +236,20 @@ class TrainRecipe:
         running.clear()
 
     def save_checkpoint(self) -> Path | None:
-        self.accelerator.wait_for_everyone()
+        from accelerate.utils import DistributedType
+
+        acc = self.accelerator
+        acc.wait_for_everyone()
+        # FSDP and DeepSpeed shard the weights: every process takes part in gathering them.
+        full = acc.get_state_dict(self.model) \
+            if acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED) else None
         path = None
-        if self.accelerator.is_main_process:
+        if acc.is_main_process:
             path = save_checkpoint(self.output_dir, self.state["step"], self.unwrapped, self.recipe,
                                    dict(self.state, labels=self.recipe.data.labels),
-                                   self.optimizer, self.scheduler, self.recipe.train.keep_last)
-        self.accelerator.wait_for_everyone()
+                                   self.optimizer, self.scheduler, self.recipe.train.keep_last,
+                                   state_dict=full)
+        acc.wait_for_everyone()
         return path
 
     def cleanup(self) -> None:

@@ -116,3 +116,28 @@ def test_feature_fusion_and_opensmile_build(tmp_path):
     collate = Collator(PromptBuilder(tokenizer, recipe.data.labels, 16), AudioCache())
     losses = model(collate(read_manifest(SAMPLES)[:2], "emotion"))
     assert torch.isfinite(losses["loss"])
+
+
+def test_soft_targets_train_with_gradient_checkpointing(tmp_path):
+    """Checkpointing turns the KV cache off in training; label scoring still works and
+    gives the scores of the shared-prefix path."""
+    tree = tiny_recipe_tree(tmp_path)
+    tree["model"]["llm"]["gradient_checkpointing"] = True
+    tree["heads"]["emotion_loss"] = "soft"
+    recipe = materialize(load_recipe(tree=tree), tmp_path)
+    model, tokenizer = build_model(recipe)
+    collate = Collator(PromptBuilder(tokenizer, recipe.data.labels, model.num_audio_tokens), AudioCache())
+    rows = read_manifest(SAMPLES)[:3]
+    for r in rows:
+        r["emotion_votes"] = {r["emotion"]: 2, "neutral": 1}
+    batch = collate(rows, "emotion")
+    model.train()
+    losses = model(batch)
+    losses["loss"].backward()
+    assert "kl" in losses and torch.isfinite(losses["kl"])
+    assert any(p.grad is not None for n, p in model.named_parameters() if "lora_B" in n)
+    with torch.no_grad():
+        train_scores = model.score_labels(batch)
+        model.eval()
+        eval_scores = model.score_labels(batch)
+    torch.testing.assert_close(train_scores, eval_scores, atol=1e-4, rtol=1e-4)

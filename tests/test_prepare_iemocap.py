@@ -12,7 +12,8 @@ import soundfile as sf
 from reasoning.audio import load_audio
 from reasoning.errors import UserError
 from reasoning.manifest import read_manifest
-from reasoning.prepare import folds, prepare
+from reasoning.folds import PROTOCOLS, iter_folds, select_rows
+from reasoning.prepare import prepare
 from reasoning.prepare.iemocap import read_transcripts
 
 T = "\t"
@@ -256,9 +257,10 @@ def test_with_audio_drops_the_corrupt_clip_and_folds_by_session(release, tmp_pat
     assert result.card["durations"]["clips"] == 10
     assert result.card["split"]["speaker_disjoint"]
     # Leave-one-session-out: each session is the test fold once, speakers never shared.
-    pairs = folds(rows)
-    assert [name for name, _, _ in pairs] == ["session1", "session2"]
-    for _, train, test in pairs:
+    kept, _, _ = select_rows(rows, PROTOCOLS["iemocap4-loso"])
+    pairs = list(iter_folds(kept, PROTOCOLS["iemocap4-loso"]))
+    assert [name for name, _, _, _ in pairs] == ["session1", "session2"]
+    for _, train, _, test in pairs:
         assert not {r["speaker"] for r in train} & {r["speaker"] for r in test}
 
 

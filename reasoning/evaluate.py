@@ -339,14 +339,14 @@ def evaluate_rows(rows: Sequence[dict], protocol: Protocol | str, out_dir: str |
         for system in systems:
             if system == MODEL_NAME:
                 raw = predictor(f.name, list(f.test))
-                if isinstance(raw, dict) and raw.get("oracle_va") is not None:
-                    add(ORACLE_NAME, f, raw["oracle_va"])
             elif system == "egemaps":
                 raw = BASELINES[system](f.train, f.test, label_set, protocol.label_key,
                                         features=features)
             else:
                 raw = BASELINES[system](f.train, f.test, label_set, protocol.label_key)
             add(system, f, raw)
+            if system == MODEL_NAME and raw.get("oracle_va") is not None:
+                add(ORACLE_NAME, f, raw["oracle_va"])
 
     results = {}
     # the oracle-VA system right after the model it bounds

@@ -112,6 +112,10 @@ def build_paralinguistic_encoder(cfg) -> nn.Module | None:
         return OpenSmileEncoder(cfg.hidden_size)
     from transformers import AutoModel
 
+    if cfg.layer == "auto":
+        raise RecipeError("model.paralinguistic.layer is `auto`, which a training run resolves to a layer number "
+                          "at setup (reasoning.saliency.resolve_auto_layer): train with this recipe, or set the "
+                          "layer that `emoreason select-layer` reports.")
     ssl = _from_pretrained(AutoModel, cfg.path, "model.paralinguistic")
     n = ssl.config.num_hidden_layers
     if isinstance(cfg.layer, int) and not -(n + 1) <= cfg.layer <= n:

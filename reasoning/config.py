@@ -1,7 +1,7 @@
 """Recipes: YAML files loaded into typed dataclasses.
 
-A recipe has five sections (``model``, ``lora``, ``heads``, ``data``, ``train``). Every field
-has help text, which ``emoreason train --help`` prints. Loading is strict:
+A recipe has these sections: ``model``, ``lora``, ``heads``, ``data``, ``prompt``, ``augment``,
+``train`` and ``eval``. Every field has help text, which ``emoreason train --help`` prints. Loading is strict:
 
 * an unknown key is an error that names the key and the closest valid one;
 * ``section.field=value`` overrides from the command line win over the file (the value
@@ -33,6 +33,12 @@ TASKS = ("asr", "emotion", "va", "rationale")
 SCHEDULES = ("round_robin", "weighted", "phased")
 # Parts a phase of the `phased` schedule may train.
 PARTS = ("speech", "paralinguistic", "llm", "heads")
+TRANSCRIPT_MODES = ("none", "gold", "asr")
+RATIONALE_ORDERS = ("label_then_rationale", "rationale_then_label")
+LAYER_TARGETS = ("emotion", "valence", "arousal")
+# augment.<key>: (lowest, highest) allowed value, and the unit for messages.
+AUGMENT_RANGES = {"speed": (0.5, 2.0, "x"), "tempo": (0.5, 2.0, "x"), "pitch": (-12.0, 12.0, "semitones"),
+                  "snr_db": (-10.0, 80.0, "dB"), "gain_db": (-40.0, 40.0, "dB")}
 
 
 def _f(default: Any, help: str, **kw: Any) -> Any:
@@ -63,7 +69,9 @@ class ParalinguisticConfig:
     kind: str = _f("ssl", "`ssl`: a transformers speech SSL model (WavLM, HuBERT, wav2vec2); `opensmile`: frame-level eGeMAPS low-level descriptors through a small trainable encoder; `none`.")
     path: str | None = _f(None, "SSL checkpoint: hub id or local folder. Null: build from `config`.")
     config: dict | str | None = _f(None, "SSL model config (a map with `model_type`, or a config.json path) for a random init.")
-    layer: int | str = _f("weighted", "Hidden layer to use (0 = the CNN features, -1 = last), or `weighted` for learned softmax weights over all layers.")
+    layer: int | str = _f("weighted", "Hidden layer to use (0 = the CNN features, -1 = last), `weighted` for learned softmax weights over all layers, or `auto`: the layer whose mean-pooled output correlates best with `auto_target` on the training rows (`emoreason select-layer`; arXiv 2503.22711), chosen at setup and cached in the run folder.")
+    auto_target: str = _f("emotion", "`layer: auto`: the target the layer must carry: emotion, valence or arousal.")
+    auto_max_clips: int = _f(200, "`layer: auto`: training clips (a seeded subset) the saliency is measured on.")
     num_tokens: int = _f(10, "Paralinguistic tokens per clip given to the LLM.")
     freeze: bool = _f(True, "Keep the SSL model frozen (its layer weights and projector still train).")
     hidden_size: int = _f(128, "Width of the trainable encoder over openSMILE descriptors (kind: opensmile).")
@@ -71,8 +79,16 @@ class ParalinguisticConfig:
     def __post_init__(self) -> None:
         if self.kind not in ("ssl", "opensmile", "none"):
             raise RecipeError(f"model.paralinguistic.kind: {self.kind!r} is not one of ssl, opensmile, none.")
-        if isinstance(self.layer, str) and self.layer != "weighted":
-            raise RecipeError(f"model.paralinguistic.layer: {self.layer!r} must be an integer or `weighted`.")
+        if isinstance(self.layer, str) and self.layer not in ("weighted", "auto"):
+            raise RecipeError(f"model.paralinguistic.layer: {self.layer!r} must be an integer, `weighted` or `auto`.")
+        if self.layer == "auto" and self.kind != "ssl":
+            raise RecipeError(f"model.paralinguistic.layer: `auto` picks a hidden layer of an SSL model, but kind is "
+                              f"{self.kind!r}: set kind: ssl or give layer an integer.")
+        if self.auto_target not in LAYER_TARGETS:
+            raise RecipeError(f"model.paralinguistic.auto_target: {self.auto_target!r} is not one of "
+                              f"{', '.join(LAYER_TARGETS)}.")
+        if self.auto_max_clips < 2:
+            raise RecipeError("model.paralinguistic.auto_max_clips must be at least 2.")
 
 
 @dataclass
@@ -174,6 +190,53 @@ class DataConfig:
 
 
 @dataclass
+class PromptConfig:
+    transcript: str = _f("none", "Transcript as a second modality (arXiv 2506.10930), written before the audio in the emotion, va and rationale prompts: `none`; `gold`: the manifest's transcript (every row needs one); `asr`: the gold transcript in training, and at evaluation the model's own transcript (a first ASR pass with the same model; needs the asr task).")
+    rationale_order: str = _f("label_then_rationale", "Target of the rationale task (arXiv 2305.17422): `label_then_rationale` (\"angry: loud voice...\") or `rationale_then_label` (\"loud voice..., so: angry\").")
+    two_step: bool = _f(False, "Two-step prediction (arXiv 2305.17422): valence and arousal are written into the emotion and rationale prompts (\"Valence +0.3, arousal -0.2.\"): the gold values in training, the VA head's prediction at evaluation, where the gold values give a second system `model-oracle-va`. Needs the va task.")
+    asr_max_tokens: int = _f(48, "`transcript: asr`: length limit of the model's own transcript.")
+
+    def __post_init__(self) -> None:
+        if self.transcript not in TRANSCRIPT_MODES:
+            raise RecipeError(f"prompt.transcript: {self.transcript!r} is not one of {', '.join(TRANSCRIPT_MODES)}.")
+        if self.rationale_order not in RATIONALE_ORDERS:
+            raise RecipeError(f"prompt.rationale_order: {self.rationale_order!r} is not one of "
+                              f"{', '.join(RATIONALE_ORDERS)}.")
+        if self.asr_max_tokens < 1:
+            raise RecipeError("prompt.asr_max_tokens must be at least 1.")
+
+
+@dataclass
+class AugmentConfig:
+    p: float = _f(0.0, "Probability that each transform below is applied to a training example (0: no augmentation). Never applied at evaluation, nor when encoder outputs are cached (arXiv 2510.12819 used time stretch and pitch shift).")
+    speed: list | None = _f(None, "[lowest, highest] speed factor (tempo and pitch together, by resampling), e.g. [0.9, 1.1]; within [0.5, 2]. Null: off.")
+    tempo: list | None = _f(None, "[lowest, highest] tempo factor, pitch kept (time stretch), e.g. [0.9, 1.1]; within [0.5, 2]. Null: off.")
+    pitch: list | None = _f(None, "[lowest, highest] pitch shift in semitones, tempo kept, e.g. [-2, 2]; within [-12, 12]. Null: off.")
+    snr_db: list | None = _f(None, "[lowest, highest] signal-to-noise ratio in dB of added Gaussian noise, e.g. [15, 40]; within [-10, 80]. Null: off.")
+    gain_db: list | None = _f(None, "[lowest, highest] gain in dB, e.g. [-6, 6]; within [-40, 40]. Null: off.")
+    seed: int | None = _f(None, "Seed of the augmentation draws; null: train.seed. Each example's draw depends only on (seed, epoch, utterance id).")
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.p <= 1:
+            raise RecipeError(f"augment.p: {self.p} must be a probability in [0, 1].")
+        for key, (low, high, unit) in AUGMENT_RANGES.items():
+            value = getattr(self, key)
+            if value is None:
+                continue
+            ok = (len(value) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value))
+            if not ok or not low <= value[0] <= value[1] <= high:
+                raise RecipeError(f"augment.{key}: {value!r} must be [lowest, highest] with "
+                                  f"{low:g} <= lowest <= highest <= {high:g} ({unit}), or null to turn it off.")
+        if self.p > 0 and not self.transforms():
+            raise RecipeError("augment.p is above 0 but no transform is set: give a range to at least one of "
+                              + ", ".join(f"augment.{k}" for k in AUGMENT_RANGES) + ", or set augment.p: 0.")
+
+    def transforms(self) -> dict[str, list]:
+        """The transforms turned on, by key: ``{"pitch": [-2, 2], ...}``."""
+        return {k: getattr(self, k) for k in AUGMENT_RANGES if getattr(self, k) is not None}
+
+
+@dataclass
 class TrainConfig:
     output_dir: str = _f("runs/run", "Run folder: resolved recipe, logs, checkpoints.")
     epochs: int = _f(1, "Passes over the training data (`phased`: one pass per phase, plus the joint one).")
@@ -212,6 +275,8 @@ class Recipe:
     lora: LoraConfig = _f(None, "LoRA adapter of the LLM.")
     heads: HeadsConfig = _f(None, "VA, gender and emotion-loss settings.")
     data: DataConfig = _f(None, "Manifests, labels, tasks and schedule.")
+    prompt: PromptConfig = _f(None, "What the prompts hold besides the audio: transcript, predicted VA; rationale order.")
+    augment: AugmentConfig = _f(None, "Audio augmentation of training examples.")
     train: TrainConfig = _f(None, "Optimisation and checkpoints.")
     eval: EvalConfig = _f(None, "Benchmark protocol and baselines.")
 
@@ -231,11 +296,17 @@ class Recipe:
                 raise RecipeError(f"model.{name}: set `path` (hub id or local folder) or `config`.")
         if self.model.llm.path is None and self.model.llm.tokenizer is None:
             raise RecipeError("model.llm.tokenizer must be set when the LLM is built from `config`.")
+        if self.prompt.transcript == "asr" and "asr" not in self.data.tasks:
+            raise RecipeError("prompt.transcript is `asr`, so the model must learn to transcribe: add asr to "
+                              "data.tasks, or use prompt.transcript: gold.")
+        if self.prompt.two_step and "va" not in self.data.tasks:
+            raise RecipeError("prompt.two_step writes the VA head's prediction into the prompt, so the head must "
+                              "be trained: add va to data.tasks, or set prompt.two_step: false.")
 
 
 # Sections whose fields are themselves dataclasses, for building from nested maps.
 _NESTED = {Recipe: {"model": ModelConfig, "lora": LoraConfig, "heads": HeadsConfig, "data": DataConfig,
-                    "train": TrainConfig, "eval": EvalConfig},
+                    "prompt": PromptConfig, "augment": AugmentConfig, "train": TrainConfig, "eval": EvalConfig},
            ModelConfig: {"speech": SpeechEncoderConfig, "paralinguistic": ParalinguisticConfig,
                          "llm": LLMConfig}}
 

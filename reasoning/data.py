@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -26,6 +27,28 @@ INSTRUCTIONS = {
     "va": "Rate the valence and arousal of the speaker.",
     "rationale": "Which emotion does the speaker express, and what in the voice and the words shows it?",
 }
+# Tasks whose prompts may carry the transcript (`prompt.transcript`): never asr, whose target it is.
+TRANSCRIPT_TASKS = ("emotion", "va", "rationale")
+# Tasks whose prompts carry valence and arousal in two-step mode (`prompt.two_step`): those that
+# name the label; never va, which predicts them.
+VA_PROMPT_TASKS = ("emotion", "rationale")
+
+
+def va_text(valence: float, arousal: float) -> str:
+    """How valence and arousal are written into a two-step prompt: ``Valence +0.3, arousal -0.2.``"""
+    return f"Valence {valence:+.1f}, arousal {arousal:+.1f}."
+
+
+def order_rationale(text: str, label: str, order: str) -> str:
+    """A rationale target in ``order``: ``label_then_rationale`` keeps the manifest's
+    ``"angry: a loud voice."``; ``rationale_then_label`` gives ``"a loud voice, so: angry"``."""
+    if order == "label_then_rationale":
+        return text
+    head, sep, body = text.partition(":")
+    if not sep or head.strip().lower() != label.lower():
+        body = text
+    body = body.strip().rstrip(".").strip()
+    return f"{body}, so: {label}" if body else f"so: {label}"
 
 
 def task_target(task: str, row: dict, labels: list[str]) -> str | None:
@@ -72,19 +95,32 @@ class PromptBuilder:
         ids = self._encode(tail) if tail else []
         return ids or [self.tokenizer.eos_token_id]
 
-    def prompt(self, task: str) -> tuple[list[int], list[bool]]:
-        """Token ids of the prompt for ``task`` and which positions are audio."""
-        if task not in self._prompts:
+    def prompt(self, task: str, transcript: str | None = None,
+               va: tuple[float, float] | None = None) -> tuple[list[int], list[bool]]:
+        """Token ids of the prompt for ``task`` and which positions are audio.
+
+        ``transcript`` is written before the audio, so that the audio positions (which the
+        VA head pools) attend to the words; ``va`` (two-step mode) after the audio, before
+        the instruction. Without either, the prompt is the same for every clip.
+        """
+        key = (task, transcript, va)
+        if key not in self._prompts:
             instruction = INSTRUCTIONS[task].format(labels=", ".join(self.labels))
+            content = f"{AUDIO_PLACEHOLDER}\n{instruction}"
+            if va is not None:
+                content = f"{AUDIO_PLACEHOLDER}\n{va_text(*va)}\n{instruction}"
+            if transcript is not None:
+                content = f'Transcript: "{transcript.replace(AUDIO_PLACEHOLDER, " ")}"\n{content}'
             text = self.tokenizer.apply_chat_template(
-                [{"role": "user", "content": f"{AUDIO_PLACEHOLDER}\n{instruction}"}],
-                tokenize=False, add_generation_prompt=True)
+                [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True)
             before, after = text.split(AUDIO_PLACEHOLDER)
             head, tail = self._encode(before), self._encode(after)
             ids = head + [self.pad_id] * self.num_audio_tokens + tail
             audio = [False] * len(head) + [True] * self.num_audio_tokens + [False] * len(tail)
-            self._prompts[task] = (ids, audio)
-        return self._prompts[task]
+            if transcript is not None or va is not None:
+                return ids, audio  # per clip: not worth keeping
+            self._prompts[key] = (ids, audio)
+        return self._prompts[key]
 
     def target(self, text: str) -> list[int]:
         return self._encode(text) + self.turn_end_ids
@@ -127,20 +163,64 @@ class AudioCache:
 
 @dataclass
 class Collator:
-    """Builds a model batch from manifest rows for one task (see :class:`DualEncoderLLM`)."""
+    """Builds a model batch from manifest rows for one task (see :class:`DualEncoderLLM`).
+
+    ``transcript`` and ``two_step`` say what the prompts carry besides the audio (the
+    recipe's ``prompt`` section); from the rows themselves (gold values) unless the caller
+    passes ``contexts``. Prompts that differ per clip are left-padded, so every prompt ends
+    at the same position and the target or label follows it directly.
+
+    ``augment(wave, key)`` (training only) changes a clip's waveform; it runs only for
+    batches built with a training ``epoch`` and never when ``cached`` is True (encoder
+    outputs read from a cache were computed from the clean clip).
+    """
 
     builder: PromptBuilder
     audio: AudioCache
+    transcript: str = "none"
+    two_step: bool = False
+    rationale_order: str = "label_then_rationale"
+    augment: Callable[[np.ndarray, str], np.ndarray] | None = None
+    cached: bool = False
 
-    def prompt_batch(self, task: str, n: int) -> dict:
-        """The prompt of ``task`` for ``n`` clips: input_ids, attention_mask, audio_mask (n, P)."""
-        ids, audio_mask = self.builder.prompt(task)
-        return {"input_ids": torch.tensor([ids] * n), "attention_mask": torch.ones(n, len(ids), dtype=torch.long),
-                "audio_mask": torch.tensor([audio_mask] * n)}
+    def context(self, row: dict, task: str) -> dict:
+        """The gold prompt context of ``row`` for ``task``: ``{transcript, va}`` (None: absent)."""
+        ctx = {"transcript": None, "va": None}
+        if self.transcript != "none" and task in TRANSCRIPT_TASKS:
+            ctx["transcript"] = (row.get("transcript") or "").strip() or None
+        if self.two_step and task in VA_PROMPT_TASKS and row.get("valence") is not None \
+                and row.get("arousal") is not None:
+            ctx["va"] = (float(row["valence"]), float(row["arousal"]))
+        return ctx
 
-    def __call__(self, rows: list[dict], task: str) -> dict:
+    def prompt_batch(self, task: str, contexts: list[dict]) -> dict:
+        """The prompts of ``task`` for clips with ``contexts`` (one ``{transcript, va}`` each),
+        left-padded: input_ids, attention_mask, audio_mask (n, P)."""
+        prompts = [self.builder.prompt(task, c.get("transcript"), c.get("va")) for c in contexts]
+        width = max(len(ids) for ids, _ in prompts)
+        n = len(prompts)
+        out = {"input_ids": torch.full((n, width), self.builder.pad_id, dtype=torch.long),
+               "attention_mask": torch.zeros(n, width, dtype=torch.long),
+               "audio_mask": torch.zeros(n, width, dtype=torch.bool)}
+        for i, (ids, audio) in enumerate(prompts):
+            out["input_ids"][i, width - len(ids):] = torch.tensor(ids)
+            out["attention_mask"][i, width - len(ids):] = 1
+            out["audio_mask"][i, width - len(ids):] = torch.tensor(audio)
+        return out
+
+    def wave(self, row: dict, epoch: int | None = None) -> np.ndarray:
+        """The clip of ``row``, augmented when this is a training batch (``epoch`` given)."""
+        wave = self.audio(row)
+        if epoch is not None and self.augment is not None and not self.cached:
+            wave = self.augment(wave, f"{epoch}:{row['id']}")
+        return wave
+
+    def __call__(self, rows: list[dict], task: str, contexts: list[dict] | None = None,
+                 epoch: int | None = None) -> dict:
         b = self.builder
-        waves = [torch.from_numpy(self.audio(r)) for r in rows]
+        waves = [torch.from_numpy(np.ascontiguousarray(self.wave(r, epoch), dtype=np.float32)) for r in rows]
+        if contexts is None:
+            contexts = [self.context(r, task) for r in rows]
         n = len(rows)
         lengths = torch.tensor([len(w) for w in waves])
         batch = {
@@ -152,9 +232,13 @@ class Collator:
             # padded samples per real sample: what length grouping keeps small
             "padding": float(n * lengths.max() - lengths.sum()) / float(lengths.sum()),
             "gender": torch.tensor([{"f": 0, "m": 1}.get(r.get("gender"), -1) for r in rows]),
-            **self.prompt_batch(task, n),
+            **self.prompt_batch(task, contexts),
         }
-        targets = [b.target(task_target(task, r, b.labels) or "") if task != "va" else [] for r in rows]
+        texts = [task_target(task, r, b.labels) or "" for r in rows]
+        if task == "rationale":
+            texts = [order_rationale(t, r.get("emotion") or "", self.rationale_order) if t else t
+                     for t, r in zip(texts, rows)]
+        targets = [b.target(t) if task != "va" else [] for t in texts]
         width = max(len(t) for t in targets)
         batch["target_ids"] = torch.full((n, width), b.pad_id, dtype=torch.long)
         batch["target_mask"] = torch.zeros(n, width, dtype=torch.long)

@@ -86,7 +86,9 @@ class SSLEncoder(nn.Module):
         n_layers = model.config.num_hidden_layers + 1  # + the CNN feature projection
         self.layer_weights = nn.Parameter(torch.zeros(n_layers)) if layer == "weighted" else None
 
-    def forward(self, waves: torch.Tensor, wave_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def hidden_states(self, waves: torch.Tensor, wave_lengths: torch.Tensor) -> tuple[tuple, torch.Tensor]:
+        """Every hidden layer ((B, T, D) each; 0 = the CNN features) and the frame lengths (B,).
+        An empty tuple when the model returns no hidden states."""
         mask = (torch.arange(waves.shape[1], device=waves.device)[None, :] < wave_lengths[:, None])
         if self.normalize:  # per-clip zero mean, unit variance over the real samples, as in pre-training
             n = wave_lengths.clamp(min=1)[:, None].to(waves.dtype)
@@ -95,13 +97,18 @@ class SSLEncoder(nn.Module):
             waves = (waves - mean) / torch.sqrt(var + 1e-7) * mask
         dtype = next(self.model.parameters()).dtype
         out = self.model(waves.to(dtype), attention_mask=mask.long(), output_hidden_states=True)
-        hidden = out.hidden_states
+        hidden = tuple(getattr(out, "hidden_states", None) or ())
+        frames = hidden[0].shape[1] if hidden else 0
+        lengths = self.model._get_feat_extract_output_lengths(wave_lengths).clamp(max=frames)
+        return hidden, lengths.to(waves.device)
+
+    def forward(self, waves: torch.Tensor, wave_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden, lengths = self.hidden_states(waves, wave_lengths)
         if self.layer_weights is None:
             x = hidden[self.layer]
         else:
             w = torch.softmax(self.layer_weights, 0).to(hidden[0].dtype)
             x = sum(wi * h for wi, h in zip(w, hidden))
-        lengths = self.model._get_feat_extract_output_lengths(wave_lengths).clamp(max=x.shape[1])
         return x, lengths.to(x.device)
 
 

@@ -14,7 +14,11 @@ The model seam: ``reasoning.explain.predict_rows(checkpoint_dir, rows)`` returns
      "label_set": [str] * L,         # column order of scores
      "valence": [float] * N | None, "arousal": [float] * N | None,
      "rationales": [dict | None] * N | None,   # {text, writer, verdict, emotion}
-     "transcripts": [str] * N | None}          # optional: ASR hypotheses
+     "transcripts": [str] * N | None,          # optional: ASR hypotheses
+     "prompt": dict | None,                    # optional: what the prompts held (transcript mode...)
+     "oracle_va": dict | None}                 # optional: a prediction dict of the same model with
+                                               # the gold valence/arousal in its prompts (two-step),
+                                               # scored as the system `model-oracle-va`
 
 Scores are re-ordered to the protocol's label set by name; labels the protocol does not
 score are dropped and the prediction becomes the best-scored protocol label.
@@ -55,6 +59,7 @@ from reasoning.report import (METRICS_NAME, TABLE_NAME, json_default, package_ve
 log = logging.getLogger(__name__)
 
 MODEL_NAME = "model"
+ORACLE_NAME = "model-oracle-va"
 PREDICTIONS_DIR = "predictions"
 RECIPE_FILE = "recipe.yaml"
 
@@ -318,6 +323,16 @@ def evaluate_rows(rows: Sequence[dict], protocol: Protocol | str, out_dir: str |
     folds = list(iter_folds(kept, protocol, dev_speakers=dev_speakers, only=fold))
     per_fold: dict[str, dict[str, Any]] = {s: {} for s in systems}
     pools = {s: _Pool() for s in systems}
+    prompts: dict[str, list[dict]] = {}  # system -> the distinct prompt settings of its folds
+
+    def add(system: str, f, raw: dict) -> None:
+        pred = align_prediction(raw, label_set, len(f.test), system)
+        per_fold.setdefault(system, {})[f.name] = score_prediction(
+            f.test, pred, label_set, protocol.label_key, asr_normalizer)
+        pools.setdefault(system, _Pool()).add(f.name, f.test, pred, protocol.label_key)
+        if raw.get("prompt") is not None and raw["prompt"] not in prompts.setdefault(system, []):
+            prompts[system].append(raw["prompt"])
+
     for f in folds:
         log.info("fold %s: %d train, %d dev, %d test rows", f.name, len(f.train), len(f.dev),
                  len(f.test))
@@ -329,13 +344,17 @@ def evaluate_rows(rows: Sequence[dict], protocol: Protocol | str, out_dir: str |
                                         features=features)
             else:
                 raw = BASELINES[system](f.train, f.test, label_set, protocol.label_key)
-            pred = align_prediction(raw, label_set, len(f.test), system)
-            per_fold[system][f.name] = score_prediction(f.test, pred, label_set,
-                                                        protocol.label_key, asr_normalizer)
-            pools[system].add(f.name, f.test, pred, protocol.label_key)
+            add(system, f, raw)
+            if system == MODEL_NAME and raw.get("oracle_va") is not None:
+                add(ORACLE_NAME, f, raw["oracle_va"])
 
     results = {}
-    for system, pool in pools.items():
+    # the oracle-VA system right after the model it bounds
+    order = [s for s in systems if s != ORACLE_NAME]
+    if ORACLE_NAME in pools:
+        order.insert(order.index(MODEL_NAME) + 1, ORACLE_NAME)
+    for system in order:
+        pool = pools[system]
         results[system] = {
             "pooled": score_prediction(pool.rows, pool.prediction(), label_set,
                                        protocol.label_key, asr_normalizer),
@@ -355,6 +374,9 @@ def evaluate_rows(rows: Sequence[dict], protocol: Protocol | str, out_dir: str |
                    "test_speakers": sorted({str(r.get("speaker")) for r in f.test})}
                   for f in folds],
         "systems": results,
+        # what each model system's prompts held: transcript mode (none, gold, asr), VA in
+        # the prompt (none, predicted, gold), rationale order; a list when folds differ
+        "prompt": {s: (v[0] if len(v) == 1 else v) for s, v in prompts.items()},
         "skipped": skipped,
         "versions": package_versions(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

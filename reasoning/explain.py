@@ -3,6 +3,12 @@ probability, valence and arousal, and a generated rationale.
 
 Probabilities come from scoring each label under the model (never from parsing text);
 the rationale is generated separately and may, for a weak model, name another label.
+
+The recipe's ``prompt`` section decides what the prompts hold besides the audio, here as in
+training: ``transcript: gold`` the clip's manifest transcript, ``asr`` the model's own
+transcript (a first, greedy ASR pass with the same model); ``two_step`` the VA head's
+prediction ("Valence +0.3, arousal -0.2.") before the label is scored, and with
+``oracle=True`` also the label scores under the gold valence and arousal.
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -33,30 +40,76 @@ class Explainer:
                  top_k: int = 3):
         self.model, self.tokenizer, self.recipe, self.checkpoint = load_for_inference(checkpoint)
         self.labels = list(self.recipe.data.labels)
+        self.prompt = self.recipe.prompt
         self.builder = PromptBuilder(self.tokenizer, self.labels, self.model.num_audio_tokens)
-        # Clips are read once each; no need to keep them.
-        self.collate = Collator(self.builder, AudioCache(self.recipe.model.speech.max_seconds, keep=False))
+        # Clips are read once each; no need to keep them. Never augmented: no epoch is passed.
+        self.collate = Collator(self.builder, AudioCache(self.recipe.model.speech.max_seconds, keep=False),
+                                self.prompt.transcript, self.prompt.two_step, self.prompt.rationale_order)
         self.batch_size = batch_size
         self.max_new_tokens = max_new_tokens
         self.top_k = top_k
 
+    def transcripts(self, rows: list[dict], batch: dict, audio: torch.Tensor) -> list[str] | None:
+        """The transcript each prompt carries (``prompt.transcript``): None for ``none``, the
+        rows' own for ``gold``, the model's greedy transcription for ``asr``."""
+        mode = self.prompt.transcript
+        if mode == "gold":
+            missing = [r["id"] for r in rows if not (r.get("transcript") or "").strip()]
+            if missing:
+                raise UserError(f"prompt.transcript is `gold` in the recipe of {self.checkpoint}, but clip "
+                                f"{missing[0]} has no transcript: give manifest rows with transcripts, or "
+                                "use a model trained with prompt.transcript: asr or none.")
+            return [r["transcript"].strip() for r in rows]
+        if mode == "asr":
+            m, b = self.model, self.builder
+            a_in = {**batch, **self.collate.prompt_batch("asr", [{} for _ in rows])}
+            new = m.generate(a_in, eos_token_id=b.turn_end_ids, pad_token_id=b.pad_id,
+                             max_new_tokens=self.prompt.asr_max_tokens, prompt_embeds=m.embed_prompt(a_in, audio))
+            return [self.tokenizer.decode(t, skip_special_tokens=True).strip() for t in new]
+        return None
+
+    def _label_probs(self, batch: dict, contexts: list[dict], audio: torch.Tensor) -> np.ndarray:
+        e_in = {**batch, **self.collate.prompt_batch("emotion", contexts)}
+        return self.model.score_labels(e_in, self.model.embed_prompt(e_in, audio)).exp().numpy()
+
     @torch.no_grad()
-    def predict_batch(self, rows: list[dict], rationale: bool = True) -> list[dict]:
+    def predict_batch(self, rows: list[dict], rationale: bool = True, oracle: bool = False) -> list[dict]:
         m, b = self.model, self.builder
-        emo = self.collate(rows, "emotion")
+        emo = self.collate(rows, "emotion", contexts=[{} for _ in rows])
         audio = m.encode_audio(emo["waves"], emo["wave_lengths"])  # encoded once for all prompts
-        probs = m.score_labels(emo, m.embed_prompt(emo, audio)).exp().numpy()
-        va_in = {**emo, **self.collate.prompt_batch("va", len(rows))}
+        transcripts = self.transcripts(rows, emo, audio)
+        ctx = [{"transcript": t} for t in transcripts] if transcripts is not None else [{} for _ in rows]
+        va_in = {**emo, **self.collate.prompt_batch("va", ctx)}
         va = m.predict_va(va_in, m.embed_prompt(va_in, audio)).numpy()
+        if self.prompt.two_step:  # the label is scored after the predicted valence and arousal
+            ctx = [{**c, "va": (float(v[0]), float(v[1]))} for c, v in zip(ctx, va)]
+        probs = self._label_probs(emo, ctx, audio)
+        oracle_probs = None
+        if oracle and self.prompt.two_step:
+            gold = [{**c, "va": (float(r["valence"]), float(r["arousal"]))}
+                    if r.get("valence") is not None and r.get("arousal") is not None else c
+                    for c, r in zip(ctx, rows)]
+            missing = sum(g is c for g, c in zip(gold, ctx))
+            if missing:
+                log.warning("oracle VA: %d of %d clips have no gold valence and arousal; they keep the "
+                            "predicted values", missing, len(rows))
+            oracle_probs = self._label_probs(emo, gold, audio)
         texts = [None] * len(rows)
         if rationale:
-            r_in = {**emo, **self.collate.prompt_batch("rationale", len(rows))}
+            r_in = {**emo, **self.collate.prompt_batch("rationale", ctx)}
             new = m.generate(r_in, eos_token_id=b.turn_end_ids, pad_token_id=b.pad_id,
                              max_new_tokens=self.max_new_tokens, prompt_embeds=m.embed_prompt(r_in, audio))
             texts = [self.tokenizer.decode(t, skip_special_tokens=True).strip() for t in new]
         out = []
         for i, row in enumerate(rows):
             order = np.argsort(-probs[i])
+            extra = {}
+            if transcripts is not None:
+                extra["transcript"] = transcripts[i]
+            if oracle_probs is not None:
+                extra["oracle_va"] = {"emotion": self.labels[int(np.argmax(oracle_probs[i]))],
+                                      "probabilities": {label: round(float(p), 4)
+                                                        for label, p in zip(self.labels, oracle_probs[i])}}
             out.append({
                 "id": row["id"],
                 "clip": row["audio"],
@@ -67,30 +120,65 @@ class Explainer:
                 "valence": round(float(va[i, 0]), 4),
                 "arousal": round(float(va[i, 1]), 4),
                 "rationale": texts[i],
+                **extra,
             })
         return out
 
-    def predict(self, rows: list[dict], rationale: bool = True, progress: bool = True) -> list[dict]:
+    def predict(self, rows: list[dict], rationale: bool = True, progress: bool = True,
+                oracle: bool = False) -> list[dict]:
+        """Predictions for ``rows`` in batches; ``oracle``: also score the labels under the
+        gold valence and arousal (two-step models only), under each prediction's ``oracle_va``."""
         out = []
         for i in tqdm(range(0, len(rows), self.batch_size), desc="explain", disable=not progress):
-            out += self.predict_batch(rows[i:i + self.batch_size], rationale)
+            out += self.predict_batch(rows[i:i + self.batch_size], rationale, oracle)
         return out
+
+    def prompt_meta(self, va: str | None = None) -> dict:
+        """What the prompts held, for reports: transcript mode, VA in the prompt, rationale order."""
+        p = self.prompt
+        return {"transcript": p.transcript,
+                "va_in_prompt": (va or "predicted") if p.two_step else "none",
+                "rationale_order": p.rationale_order}
+
+
+_SO_LABEL = re.compile(r"(?:^|[\s,;.])so:\s*([a-z][a-z0-9 _'-]{0,40}?)\s*[.!]?\s*$")
 
 
 def stated_emotion(text: str | None, labels: list[str]) -> str | None:
-    """The label a rationale states in its leading ``label:`` (None when it states none of
-    ``labels``). Used to check rationales against predictions, never to predict."""
-    head = (text or "").split(":", 1)[0].strip().lower()
-    return head if head in labels else None
+    """The label a rationale states, in its leading ``label:`` or its closing ``so: label``
+    (``prompt.rationale_order``); None when it states none of ``labels``. Used to check
+    rationales against predictions, never to predict."""
+    text = (text or "").strip().lower()
+    head = text.split(":", 1)[0].strip()
+    if head in labels:
+        return head
+    tail = _SO_LABEL.search(text)
+    return tail.group(1) if tail and tail.group(1) in labels else None
 
 
-def prediction_dict(labels: list[str], preds: list[dict]) -> dict:
-    """Explainer outputs in the form ``emoreason eval`` consumes (see reasoning.evaluate)."""
+def label_first(text: str, labels: list[str]) -> str:
+    """A ``"cues, so: label"`` rationale as ``"label: cues."``, the form the verifier reads."""
+    if text.split(":", 1)[0].strip().lower() in labels:
+        return text
+    tail = _SO_LABEL.search(text.strip().lower())
+    if not tail or tail.group(1) not in labels:
+        return text
+    body = text.strip()[: tail.start()].strip().rstrip(",;").strip()
+    return f"{tail.group(1)}: {body}." if body else f"{tail.group(1)}:"
+
+
+def prediction_dict(labels: list[str], preds: list[dict], prompt: dict | None = None) -> dict:
+    """Explainer outputs in the form ``emoreason eval`` consumes (see reasoning.evaluate).
+
+    ``prompt`` (:meth:`Explainer.prompt_meta`) says what the prompts held. With model
+    transcripts (``transcript: asr``) they come back as ``transcripts`` (scored by WER);
+    oracle-VA scores as a second prediction dict under ``oracle_va``.
+    """
     rationales = None
     if any(p["rationale"] is not None for p in preds):
         rationales = [{"text": p["rationale"], "writer": "model", "verdict": None,
                        "emotion": stated_emotion(p["rationale"], labels)} for p in preds]
-    return {
+    out = {
         "label_set": labels,
         "labels": [p["emotion"] for p in preds],
         "scores": np.array([[p["probabilities"][label] for label in labels] for p in preds]),
@@ -98,6 +186,19 @@ def prediction_dict(labels: list[str], preds: list[dict]) -> dict:
         "arousal": [p["arousal"] for p in preds],
         "rationales": rationales,
     }
+    if prompt is not None:
+        out["prompt"] = prompt
+        if prompt.get("transcript") == "asr":
+            out["transcripts"] = [p.get("transcript") or "" for p in preds]
+    if preds and all("oracle_va" in p for p in preds):
+        out["oracle_va"] = {
+            "label_set": labels,
+            "labels": [p["oracle_va"]["emotion"] for p in preds],
+            "scores": np.array([[p["oracle_va"]["probabilities"][label] for label in labels] for p in preds]),
+            "valence": out["valence"], "arousal": out["arousal"], "rationales": None,
+            **({"prompt": {**prompt, "va_in_prompt": "gold"}} if prompt is not None else {}),
+        }
+    return out
 
 
 def verify_rationales(pred: dict, rows: list[dict]) -> dict:
@@ -108,7 +209,7 @@ def verify_rationales(pred: dict, rows: list[dict]) -> dict:
     for rec, row in zip(pred["rationales"] or [], rows):
         ev = row.get("evidence")
         if rec["text"] and isinstance(ev, dict) and not ev.get("error") and row.get("emotion"):
-            v = verify(rec["text"], ev, row["emotion"], row.get("transcript"))
+            v = verify(label_first(rec["text"], pred["label_set"]), ev, row["emotion"], row.get("transcript"))
             rec["verdict"] = {"passed": v.passed, "claims": v.claims, "emotion": rec["emotion"]}
     return pred
 
@@ -118,7 +219,8 @@ def predict_rows(checkpoint: str | Path, rows: list[dict], rationale: bool = Tru
     """Predictions for manifest rows, in the form ``emoreason eval`` consumes, with the
     generated rationales checked by the verifier."""
     explainer = Explainer(checkpoint, batch_size)
-    return verify_rationales(prediction_dict(explainer.labels, explainer.predict(rows, rationale)), rows)
+    preds = explainer.predict(rows, rationale, oracle=explainer.prompt.two_step)
+    return verify_rationales(prediction_dict(explainer.labels, preds, explainer.prompt_meta()), rows)
 
 
 def find_clips(paths: list[str]) -> list[Path]:
@@ -142,6 +244,8 @@ def format_summary(pred: dict) -> str:
     lines = [f"{pred['clip']} ({pred['duration']:.2f} s)",
              f"  emotion    {pred['emotion']}  (top: {top})",
              f"  valence    {pred['valence']:+.2f}   arousal {pred['arousal']:+.2f}"]
+    if pred.get("transcript") is not None:
+        lines.append(f"  transcript {pred['transcript']}")
     if pred["rationale"] is not None:
         lines.append(f"  rationale  {pred['rationale']}")
     return "\n".join(lines)

@@ -180,6 +180,15 @@ def markdown_table(result: Mapping) -> str:
     skipped = result.get("skipped") or {}
     if skipped:
         notes += ["", "Not run: " + "; ".join(f"{k} ({v})" for k, v in skipped.items()) + "."]
+    prompts = result.get("prompt") or {}
+    if prompts:
+        def describe(p: Mapping) -> str:
+            return (f"transcript {p.get('transcript')}, VA in prompt {p.get('va_in_prompt')}, "
+                    f"rationale order {p.get('rationale_order')}")
+
+        notes += ["", "Prompts: " + "; ".join(
+            f"{name}: " + (describe(v) if isinstance(v, Mapping) else " | ".join(map(describe, v)))
+            for name, v in prompts.items()) + "."]
     return "\n".join(notes) + "\n"
 
 

@@ -23,9 +23,10 @@ from reasoning.audio import duration
 from reasoning.builders import build_model, materialize
 from reasoning.checkpoint import load_trainable, load_training_state, resolve_checkpoint, save_checkpoint
 from reasoning.config import RECIPE_NAME, Recipe, describe_fields, load_recipe, save_recipe
-from reasoning.data import AudioCache, Collator, PromptBuilder, TaskSchedule, task_target
+from reasoning.augment import build_augmenter
+from reasoning.data import VA_PROMPT_TASKS, AudioCache, Collator, PromptBuilder, TaskSchedule, task_target
 from reasoning.distributed import layer_classes
-from reasoning.errors import UserError
+from reasoning.errors import RecipeError, UserError
 from reasoning.manifest import read_manifest
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,12 @@ class TrainRecipe:
         if self.accelerator.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             materialize(self.recipe, self.output_dir, seed=self.recipe.train.seed)
+            if self.recipe.model.paralinguistic.layer == "auto":  # the resolved recipe names the layer
+                from reasoning.saliency import resolve_auto_layer
+
+                d = self.recipe.data
+                resolve_auto_layer(self.recipe, select_rows(read_manifest(d.train_manifest), d.train_split),
+                                   self.output_dir)
             save_recipe(self.recipe, self.output_dir / RECIPE_NAME)
         self.accelerator.wait_for_everyone()
         if not self.accelerator.is_main_process:  # the paths the main process wrote
@@ -98,9 +105,17 @@ class TrainRecipe:
                             "Check data.train_split against the manifest's `split` values.")
         self.rows = rows
         self.builder = PromptBuilder(self.tokenizer, d.labels, self.model.num_audio_tokens)
-        self.collate = Collator(self.builder, AudioCache(r.model.speech.max_seconds))
+        self.collate = Collator(self.builder, AudioCache(r.model.speech.max_seconds), r.prompt.transcript,
+                                r.prompt.two_step, r.prompt.rationale_order,
+                                augment=build_augmenter(r.augment, r.train.seed),
+                                # a cached encoder output belongs to the clip as recorded
+                                cached=bool(self.model.caches))
+        if self.collate.augment is not None and self.model.caches:
+            log.warning("augmentation is off: model.encoder_cache holds the %s encoder outputs of the "
+                        "unaugmented clips", " and ".join(self.model.caches))
         examples = {t: [i for i, row in enumerate(rows) if task_target(t, row, d.labels) is not None]
                     for t in d.tasks}
+        self._check_prompt_inputs(rows, examples)
         for task, idx in examples.items():
             if not idx:
                 log.warning("task %s: no row of %s can serve it; it is skipped", task, d.train_manifest)
@@ -112,6 +127,28 @@ class TrainRecipe:
             raise UserError(f"{d.train_manifest}: no row serves any task in data.tasks.")
         self.plans = [self.schedule.plan(e) for e in range(r.train.epochs)]
         log.info("examples per task: %s", {t: len(v) for t, v in examples.items()})
+
+    def _check_prompt_inputs(self, rows: list[dict], examples: dict[str, list[int]]) -> None:
+        """``prompt.transcript`` needs a transcript on every row it puts in a prompt;
+        ``prompt.two_step`` trains the label tasks on rows with gold valence and arousal only."""
+        p, manifest = self.recipe.prompt, self.recipe.data.train_manifest
+        if p.transcript != "none":
+            used = sorted({i for t, idx in examples.items() if t != "asr" for i in idx})
+            missing = [rows[i]["id"] for i in used if not (rows[i].get("transcript") or "").strip()]
+            if missing:
+                raise RecipeError(
+                    f"prompt.transcript is `{p.transcript}`, but {len(missing)} of {len(used)} training rows of "
+                    f"{manifest} have no transcript (e.g. {missing[0]}): add transcripts to the manifest, "
+                    "or set prompt.transcript: none.")
+        if p.two_step:
+            for task in VA_PROMPT_TASKS:
+                if task in examples:
+                    kept = [i for i in examples[task]
+                            if rows[i].get("valence") is not None and rows[i].get("arousal") is not None]
+                    if len(kept) < len(examples[task]):
+                        log.warning("prompt.two_step: %d %s examples without gold valence and arousal are "
+                                    "not trained on", len(examples[task]) - len(kept), task)
+                    examples[task] = kept
 
     def _setup_optimizer(self) -> None:
         from transformers import get_scheduler
@@ -150,9 +187,10 @@ class TrainRecipe:
         return self.accelerator.unwrap_model(self.model)
 
     # -- training ---------------------------------------------------------------------
-    def _batch(self, task: str, indices: list[int]) -> dict:
+    def _batch(self, task: str, indices: list[int], epoch: int | None = None) -> dict:
+        """The batch of this process; ``epoch`` marks a training batch (augmented, when on)."""
         mine = TaskSchedule.shard(indices, self.rank, self.world)
-        batch = self.collate([self.rows[i] for i in mine], task)
+        batch = self.collate([self.rows[i] for i in mine], task, epoch=epoch)
         return {k: v.to(self.accelerator.device) if torch.is_tensor(v) else v for k, v in batch.items()}
 
     def _mask_frozen_parts(self, parts: list[str] | None) -> None:
@@ -191,7 +229,7 @@ class TrainRecipe:
                 return False
             group = plan[i:i + t.grad_accum]
             for j, (task, indices) in enumerate(group):
-                batch = self._batch(task, indices)
+                batch = self._batch(task, indices, epoch)
                 sync = nullcontext() if j == len(group) - 1 else acc.no_sync(self.model)
                 with sync:
                     with acc.autocast():

@@ -172,12 +172,9 @@ def attach_caches(model: DualEncoderLLM, recipe: Recipe) -> None:
         log.info("encoder cache: %s -> %s", name, model.caches[name].dir)
 
 
-def build_model(recipe: Recipe) -> tuple[DualEncoderLLM, object]:
-    """Assemble the full model from a recipe whose parts all have a ``path``."""
+def assemble(recipe: Recipe, speech: nn.Module, para: nn.Module | None, llm: nn.Module) -> DualEncoderLLM:
+    """The model around built encoders and LLM: projectors, fusion and heads from the recipe."""
     m, h = recipe.model, recipe.heads
-    speech = build_speech_encoder(m.speech)
-    para = build_paralinguistic_encoder(m.paralinguistic)
-    llm, tokenizer = build_llm(m.llm, recipe.lora)
     hidden = llm.get_input_embeddings().weight.shape[1]
     projectors = nn.ModuleDict({"speech": Projector(speech.hidden_size, hidden, m.speech.num_tokens,
                                                     m.projector_hidden)})
@@ -187,11 +184,20 @@ def build_model(recipe: Recipe) -> tuple[DualEncoderLLM, object]:
                                                  m.projector_hidden)
         if m.fusion == "feature":
             fuse = nn.Linear(2 * hidden, hidden)
-    model = DualEncoderLLM(
+    return DualEncoderLLM(
         speech, para, projectors, llm, VAHead(hidden, h.va_pooling),
         gender_head=nn.Linear(hidden, 2) if h.gender_weight > 0 else None,
         fusion=m.fusion, fuse=fuse, va_layer=h.va_layer, va_loss=h.va_loss, va_weight=h.va_weight,
         gender_weight=h.gender_weight, emotion_loss=h.emotion_loss)
+
+
+def build_model(recipe: Recipe) -> tuple[DualEncoderLLM, object]:
+    """Assemble the full model from a recipe whose parts all have a ``path``."""
+    m = recipe.model
+    speech = build_speech_encoder(m.speech)
+    para = build_paralinguistic_encoder(m.paralinguistic)
+    llm, tokenizer = build_llm(m.llm, recipe.lora)
+    model = assemble(recipe, speech, para, llm)
     if m.encoder_cache:
         attach_caches(model, recipe)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

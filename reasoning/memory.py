@@ -52,7 +52,7 @@ from torch.utils._pytree import tree_flatten
 from torch.utils.weak import WeakIdKeyDictionary
 
 from reasoning.audio import SAMPLE_RATE
-from reasoning.builders import DTYPES, _config_dict, freeze
+from reasoning.builders import DTYPES, _config_dict, assemble, freeze
 from reasoning.config import Recipe, load_recipe
 from reasoning.encoders import WHISPER_HOP, WHISPER_WINDOW_FRAMES
 from reasoning.errors import UserError
@@ -220,27 +220,11 @@ def build_skeleton(recipe: Recipe, quantized: bool = False, checkpointing: bool 
     """The recipe's :class:`DualEncoderLLM` on the meta device, assembled as
     :func:`reasoning.builders.build_model` assembles it (``llm_layers``: keep only the
     LLM's first decoder layers, for a shallow trace)."""
-    from reasoning.model import DualEncoderLLM, Projector, VAHead
-
-    m, h = recipe.model, recipe.heads
     with torch.device("meta"):
         speech = _speech_encoder(recipe)
         para = _paralinguistic_encoder(recipe)
         llm, weights, compute = _llm(recipe, quantized, checkpointing, tokenizer, llm_layers)
-        hidden = llm.get_input_embeddings().weight.shape[1]
-        projectors = nn.ModuleDict({"speech": Projector(speech.hidden_size, hidden, m.speech.num_tokens,
-                                                        m.projector_hidden)})
-        fuse = None
-        if para is not None:
-            projectors["paralinguistic"] = Projector(para.hidden_size, hidden, m.paralinguistic.num_tokens,
-                                                     m.projector_hidden)
-            if m.fusion == "feature":
-                fuse = nn.Linear(2 * hidden, hidden)
-        model = DualEncoderLLM(
-            speech, para, projectors, llm, VAHead(hidden, h.va_pooling),
-            gender_head=nn.Linear(hidden, 2) if h.gender_weight > 0 else None,
-            fusion=m.fusion, fuse=fuse, va_layer=h.va_layer, va_loss=h.va_loss, va_weight=h.va_weight,
-            gender_weight=h.gender_weight, emotion_loss=h.emotion_loss)
+        model = assemble(recipe, speech, para, llm)
     largest = max((p.numel() for p in llm.parameters() if id(p) in weights), default=0)
     return Skeleton(model, weights, compute, largest)
 

@@ -301,9 +301,11 @@ def evaluate_rows(rows: Sequence[dict], protocol: Protocol | str, out_dir: str |
 
     Returns the result written to ``metrics.json``: ``protocol``, ``rows`` (read, kept,
     excluded), ``folds``, ``systems`` ({name: {"pooled": metrics of all test rows,
-    "per_fold": {fold: metrics}, "summary": mean ± std over folds}}), ``skipped``
-    ({system: reason}), ``versions``, ``report`` (the files written) and the ``meta``
-    entries (manifest, checkpoint, recipe hash).
+    "per_fold": {fold: metrics}, "summary": mean ± std over folds}}; a two-step model adds
+    ``model-oracle-va`` after ``model``), ``prompt`` ({system: what its prompts held:
+    transcript mode, VA in the prompt, rationale order}), ``skipped`` ({system: reason}),
+    ``versions``, ``report`` (the files written) and the ``meta`` entries (manifest,
+    checkpoint, recipe hash).
     """
     started = time.time()
     protocol = get_protocol(protocol) if isinstance(protocol, str) else protocol

@@ -163,10 +163,12 @@ def _fingerprint(encoder: str, target: str, max_clips: int, seed: int, rows: lis
     return hashlib.sha256(f"{encoder}|{target}|{max_clips}|{seed}|{ids}".encode()).hexdigest()[:16]
 
 
-def resolve_auto_layer(recipe: Recipe, rows: list[dict], out_dir: str | Path) -> int:
-    """``layer: auto``: pick the layer on the training ``rows``, set it in ``recipe`` and
-    return it. The result is cached in ``out_dir/layer_saliency.json`` (reused while the
-    encoder, target, subset size, seed and rows are the same) with its plot beside it."""
+def resolve_auto_layer(recipe: Recipe, rows: list[dict], out_dir: str | Path,
+                       device: str | torch.device = "cpu") -> int:
+    """``layer: auto``: pick the layer on the training ``rows`` (the encoder runs on
+    ``device``), set it in ``recipe`` and return it. The result is cached in
+    ``out_dir/layer_saliency.json`` (reused while the encoder, target, subset size, seed and
+    rows are the same) with its plot beside it."""
     from transformers import AutoModel
 
     from reasoning.builders import _from_pretrained
@@ -182,8 +184,9 @@ def resolve_auto_layer(recipe: Recipe, rows: list[dict], out_dir: str | Path) ->
             p.layer = int(cached["best"])
             log.info("layer: auto -> %d (cached in %s)", p.layer, cache)
             return p.layer
-    model = _from_pretrained(AutoModel, p.path, "model.paralinguistic").eval()
+    model = _from_pretrained(AutoModel, p.path, "model.paralinguistic").eval().to(device)
     result = select_layer(model, rows, p.auto_target, p.auto_max_clips, seed, recipe.data.labels)
+    del model  # the training model loads its own copy
     result.update(fingerprint=key, encoder=str(p.path))
     out.mkdir(parents=True, exist_ok=True)
     cache.write_text(json.dumps(result, indent=1))

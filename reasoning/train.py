@@ -80,7 +80,7 @@ class TrainRecipe:
 
                 d = self.recipe.data
                 resolve_auto_layer(self.recipe, select_rows(read_manifest(d.train_manifest), d.train_split),
-                                   self.output_dir)
+                                   self.output_dir, self.accelerator.device)
             save_recipe(self.recipe, self.output_dir / RECIPE_NAME)
         self.accelerator.wait_for_everyone()
         if not self.accelerator.is_main_process:  # the paths the main process wrote

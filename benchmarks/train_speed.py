@@ -10,8 +10,11 @@ a WavLM-like SSL encoder, a 12-layer LLM) is trained on the bundled clips. It pr
     backward + optimizer step of the same model on the same pre-collated batches
     (target: at most 1.10);
 (b) epoch time with the encoder-output cache (filled) divided by without it;
-(d) ``explain`` clips per second at batch 16 divided by one clip at a time
-    (target: at least 4);
+(c) padded + real over real audio positions at batch 16, random against length-grouped
+    batches, on an IEMOCAP-like duration distribution (``benchmarks/padding.py`` has
+    every batch size; target with grouping: at most 1.15);
+(d) ``explain`` clips per second at batch 16 divided by one clip at a time, over the
+    48 bundled clips, with the CLI's defaults (target: at least 4);
 (e) peak resident memory of the process.
 
 Each measurement alternates the two sides ``--repeats`` times and reports medians, since
@@ -35,8 +38,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from conftest import SAMPLES, tiny_recipe_tree  # noqa: E402
+from test_schedule import iemocap_like_durations, padded_over_real  # noqa: E402
 
 from reasoning.config import load_recipe  # noqa: E402
+from reasoning.data import TaskSchedule  # noqa: E402
 from reasoning.explain import Explainer  # noqa: E402
 from reasoning.manifest import read_manifest  # noqa: E402
 from reasoning.train import TrainRecipe  # noqa: E402
@@ -60,7 +65,8 @@ def peak_rss_mb() -> float:
 
 
 def mid_recipe(tmp: Path, steps: int):
-    tree = tiny_recipe_tree(tmp / "run", SAMPLES, train={"max_steps": 10_000, "lr": 1e-4})
+    # enough epochs that no timing reaches the end of training
+    tree = tiny_recipe_tree(tmp / "run", SAMPLES, train={"epochs": 1000, "lr": 1e-4})
     tree["model"]["speech"].update(config=MID_WHISPER, num_tokens=64)
     # a fixed layer, so that both frozen encoders can be cached for (b)
     tree["model"]["paralinguistic"].update(config=MID_SSL, num_tokens=8, layer=3)
@@ -74,9 +80,12 @@ def mid_recipe(tmp: Path, steps: int):
 def time_toolkit(trainer: TrainRecipe, plan: list) -> float:
     trainer.plans[0] = plan
     trainer.state.update(epoch=0, batch=0)
+    step = trainer.state["step"]
     start = time.perf_counter()
     trainer.train_epoch(0)
-    return (time.perf_counter() - start) / len(plan)
+    elapsed = time.perf_counter() - start
+    assert trainer.state["step"] - step == len(plan), "training stopped early: the timing would be wrong"
+    return elapsed / len(plan)
 
 
 def time_bare(trainer: TrainRecipe, batches: list[dict]) -> float:
@@ -119,8 +128,8 @@ def main() -> None:
         trainer.save_checkpoint()
         trainer.cleanup()
 
-        rows = read_manifest(SAMPLES)[:16]
-        explainer = Explainer(trainer.output_dir, batch_size=16, max_new_tokens=16)
+        rows = read_manifest(SAMPLES)
+        explainer = Explainer(trainer.output_dir, batch_size=16)  # the CLI's max_new_tokens
         explainer.predict(rows[:2], progress=False)  # warm-up
         batched, single = [], []
         for _ in range(args.repeats):
@@ -134,6 +143,12 @@ def main() -> None:
             single.append(len(rows) / (time.perf_counter() - t))
         results["explain_clips_per_s"] = {"batch16": statistics.median(batched), "batch1": statistics.median(single)}
 
+    durations = iemocap_like_durations(5000)
+    examples = {"emotion": list(range(len(durations)))}
+    results["padding_b16"] = {
+        "random": padded_over_real(TaskSchedule(examples, {"emotion": 1}, 16), durations),
+        "grouped": padded_over_real(TaskSchedule(examples, {"emotion": 1}, 16, durations=durations), durations)}
+
     a = results["train_step_s"]["toolkit"] / results["train_step_s"]["bare"]
     d = results["explain_clips_per_s"]["batch16"] / results["explain_clips_per_s"]["batch1"]
     print(f"model: {n_params / 1e6:.1f} M parameters; {args.steps} steps x {args.repeats} repeats; "
@@ -144,6 +159,9 @@ def main() -> None:
     b = results["epoch_s"]["cached"] / results["epoch_s"]["uncached"]
     print(f"{'(b) epoch time: encoder cache / no cache':58s} {b:10.3f} {'':>8s}"
           f"   ({results['epoch_s']['cached']:.3f} s vs {results['epoch_s']['uncached']:.3f} s per step)")
+    c = results["padding_b16"]
+    print(f"{'(c) padded+real / real positions, batch 16, length-grouped':58s} {c['grouped']:10.3f} {'<= 1.15':>8s}"
+          f"   (random batches {c['random']:.3f})")
     print(f"{'(d) explain clips/s: batch 16 / batch 1':58s} {d:10.2f} {'>= 4':>8s}"
           f"   ({results['explain_clips_per_s']['batch16']:.2f} vs {results['explain_clips_per_s']['batch1']:.2f})")
     print(f"{'(e) peak resident memory, training (MB)':58s} {rss_train:10.0f}")

@@ -25,6 +25,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train": ("reasoning.train", "fine-tune a model from a YAML recipe"),
     "eval": ("reasoning.evaluate", "evaluate a checkpoint and the baselines on a manifest under a protocol"),
     "benchmark": ("reasoning.benchmark", "train and evaluate every fold of a protocol, baselines side by side"),
+    "compare": ("reasoning.compare", "put several benchmark runs of one protocol in one table"),
     "estimate-memory": ("reasoning.memory", "estimate parameters and GPU memory of a recipe, before downloading anything"),
     "select-layer": ("reasoning.saliency", "score each SSL layer for emotion, valence or arousal and pick the best"),
     "explain": ("reasoning.explain", "predict the emotion of clips and explain it"),

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from reasoning.audio import SAMPLE_RATE
+from reasoning.audio import SAMPLE_RATE, duration
 from reasoning.checkpoint import load_for_inference
 from reasoning.data import AudioCache, Collator, PromptBuilder
 from reasoning.errors import UserError
@@ -127,10 +127,16 @@ class Explainer:
     def predict(self, rows: list[dict], rationale: bool = True, progress: bool = True,
                 oracle: bool = False) -> list[dict]:
         """Predictions for ``rows`` in batches; ``oracle``: also score the labels under the
-        gold valence and arousal (two-step models only), under each prediction's ``oracle_va``."""
-        out = []
+        gold valence and arousal (two-step models only), under each prediction's ``oracle_va``.
+
+        Batches hold clips of similar duration, so the encoders pad little; predictions
+        come back in the order of ``rows``."""
+        order = sorted(range(len(rows)), key=lambda i: duration(rows[i]))
+        out: list[dict | None] = [None] * len(rows)
         for i in tqdm(range(0, len(rows), self.batch_size), desc="explain", disable=not progress):
-            out += self.predict_batch(rows[i:i + self.batch_size], rationale, oracle)
+            chunk = order[i:i + self.batch_size]
+            for j, pred in zip(chunk, self.predict_batch([rows[j] for j in chunk], rationale, oracle)):
+                out[j] = pred
         return out
 
     def prompt_meta(self, va: str | None = None) -> dict:

@@ -71,3 +71,23 @@ def test_silent_and_very_short_clips_are_explained(trained, tmp_path, capsys):
     preds = json.loads(capsys.readouterr().out)
     assert [p["duration"] for p in preds] == [1.0, 0.05]
     assert all(np.isfinite(list(p["probabilities"].values())).all() for p in preds)
+
+
+def test_batches_of_similar_duration_return_in_the_given_order(trained):
+    from reasoning.audio import duration
+    from reasoning.explain import Explainer
+
+    trainer, rows = trained
+    rows = sorted(rows, key=duration, reverse=True)  # longest first: the batches reorder them
+    explainer = Explainer(trainer.output_dir, batch_size=3, max_new_tokens=4)
+    seen, predict_batch = [], explainer.predict_batch
+    explainer.predict_batch = lambda chunk, *a: seen.append([duration(r) for r in chunk]) or predict_batch(chunk, *a)
+    batched = explainer.predict(rows, progress=False)
+    assert sum(seen, []) == sorted(map(duration, rows)) and len(seen) == 3
+    explainer.batch_size = 1
+    single = explainer.predict(rows, progress=False)
+    assert [p["id"] for p in batched] == [r["id"] for r in rows] == [p["id"] for p in single]
+    for b, s in zip(batched, single):
+        assert b["duration"] == s["duration"]
+        np.testing.assert_allclose(list(b["probabilities"].values()), list(s["probabilities"].values()), atol=0.02)
+        np.testing.assert_allclose([b["valence"], b["arousal"]], [s["valence"], s["arousal"]], atol=0.02)

@@ -226,3 +226,31 @@ def test_emodb_majority_and_tfidf(shared_data, tmp_path):
     assert folds["speaker-08"]["ua"] == pytest.approx(1 / 6)
     assert folds["speaker-03"]["ua"] == pytest.approx(1 / 7)
     assert folds["speaker-08"]["per_class"]["disgust"]["recall"] is None
+
+
+def test_compare_puts_runs_side_by_side_and_refuses_other_test_sets(tmp_path, capsys):
+    rows = text_rows(tmp_path)
+
+    def two_step(fold, test):  # a run whose model also has an oracle-VA pass
+        pred = oracle_with_noise(fold, test)
+        return {**pred, "oracle_va": {**oracle_with_noise(fold + "-oracle", test), "rationales": None}}
+
+    for name, predictor in (("plain", oracle_with_noise), ("two_step", two_step)):
+        evaluate_rows(rows, "loso", tmp_path / name / "eval", baselines=["majority"], predictor=predictor)
+    evaluate_rows(rows[:16], "loso", tmp_path / "half" / "eval", baselines=["majority"], predictor=oracle_with_noise)
+
+    assert main(["compare", str(tmp_path / "plain"), f"ts={tmp_path / 'two_step' / 'eval'}",
+                 "--out", str(tmp_path / "cmp.md")]) == 0
+    table = (tmp_path / "cmp.md").read_text()
+    assert table == capsys.readouterr().out
+    body = [line.split(" | ")[:2] for line in table.splitlines() if line.startswith("| ") and "---" not in line]
+    assert body[1:] == [["| plain", "model"], ["| ts", "model"], ["| ts", "model-oracle-va"], ["| plain", "majority"]]
+    plain = json.loads((tmp_path / "plain" / "eval" / "metrics.json").read_text())["systems"]["model"]
+    ua = plain["summary"]["ua"]
+    assert f"| plain | model | {100 * ua['mean']:.1f} ± {100 * ua['std']:.1f} |" in table
+    assert f"| {100 * plain['pooled']['rationales']['pass_rate']:.1f} |" in table
+
+    assert main(["compare", str(tmp_path / "plain"), str(tmp_path / "half")]) == 2
+    assert "not scored on the same folds and test rows" in capsys.readouterr().err
+    assert main(["compare", str(tmp_path / "plain"), str(tmp_path / "nowhere")]) == 2
+    assert "nowhere: no metrics.json" in capsys.readouterr().err

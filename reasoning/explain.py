@@ -68,9 +68,11 @@ class Explainer:
             return [self.tokenizer.decode(t, skip_special_tokens=True).strip() for t in new]
         return None
 
-    def _label_probs(self, batch: dict, contexts: list[dict], audio: torch.Tensor) -> np.ndarray:
+    def _label_probs(self, batch: dict, contexts: list[dict], audio: torch.Tensor, with_va: bool = False):
+        """Label probabilities, and with ``with_va`` (probabilities, VA) from the same pass."""
         e_in = {**batch, **self.collate.prompt_batch("emotion", contexts)}
-        return self.model.score_labels(e_in, self.model.embed_prompt(e_in, audio)).exp().numpy()
+        out = self.model.score_labels(e_in, self.model.embed_prompt(e_in, audio), with_va=with_va)
+        return (out[0].exp().numpy(), out[1].numpy()) if with_va else out.exp().numpy()
 
     @torch.no_grad()
     def predict_batch(self, rows: list[dict], rationale: bool = True, oracle: bool = False) -> list[dict]:
@@ -79,11 +81,13 @@ class Explainer:
         audio = m.encode_audio(emo["waves"], emo["wave_lengths"])  # encoded once for all prompts
         transcripts = self.transcripts(rows, emo, audio)
         ctx = [{"transcript": t} for t in transcripts] if transcripts is not None else [{} for _ in rows]
-        va_in = {**emo, **self.collate.prompt_batch("va", ctx)}
-        va = m.predict_va(va_in, m.embed_prompt(va_in, audio)).numpy()
         if self.prompt.two_step:  # the label is scored after the predicted valence and arousal
+            va_in = {**emo, **self.collate.prompt_batch("va", ctx)}
+            va = m.predict_va(va_in, m.embed_prompt(va_in, audio)).numpy()
             ctx = [{**c, "va": (float(v[0]), float(v[1]))} for c, v in zip(ctx, va)]
-        probs = self._label_probs(emo, ctx, audio)
+            probs = self._label_probs(emo, ctx, audio)
+        else:  # the VA head reads the audio positions of the label prompt's pass
+            probs, va = self._label_probs(emo, ctx, audio, with_va=True)
         oracle_probs = None
         if oracle and self.prompt.two_step:
             gold = [{**c, "va": (float(r["valence"]), float(r["arousal"]))}

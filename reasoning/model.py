@@ -216,12 +216,16 @@ class DualEncoderLLM(nn.Module):
         return losses
 
     # -- prediction -----------------------------------------------------------------
-    def score_labels(self, batch: dict, prompt_embeds: torch.Tensor | None = None) -> torch.Tensor:
+    def score_labels(self, batch: dict, prompt_embeds: torch.Tensor | None = None, with_va: bool = False):
         """Log-probabilities (B, L) of each label of ``batch["label_ids"]`` given the clip.
 
         One pass over the prompt fills the KV cache, which is shared by all L candidate
         continuations (label tokens + end of turn) in a second, batched pass. The sequence
         log-likelihoods are normalised over the label set, so ``exp`` of a row sums to 1.
+
+        ``with_va`` (inference) also returns the VA head's (B, 2) prediction from that same
+        prompt pass: every prompt puts the audio before the task's instruction, so under the
+        causal mask the audio positions the head pools are those of the VA prompt.
         """
         if prompt_embeds is None:
             prompt_embeds = self.embed_prompt(batch)
@@ -231,14 +235,17 @@ class DualEncoderLLM(nn.Module):
         ids = cand.repeat(B, 1)                                       # (B*L, C)
         cmask = cand_mask.repeat(B, 1)
         full_mask = torch.cat([mask.repeat_interleave(L, 0), cmask], 1)
-        if self.training and self.llm.get_base_model().is_activation_checkpointing:
+        checkpointing = self.training and self.llm.get_base_model().is_activation_checkpointing
+        if with_va and checkpointing:
+            raise ValueError("score_labels(with_va=True) is for inference; use predict_va in training")
+        if checkpointing:
             # Checkpointing turns the KV cache off in training: score every "prompt + label"
             # sequence in one pass instead.
             emb = torch.cat([prompt_embeds.repeat_interleave(L, 0), self.llm.get_input_embeddings()(ids)], 1)
             logits = self._run(emb, full_mask).logits[:, P - 1:-1].float()
             first, rest = torch.log_softmax(logits[:, 0], -1), torch.log_softmax(logits[:, 1:], -1)
         else:
-            out = self._run(prompt_embeds, mask, use_cache=True)
+            out = self._run(prompt_embeds, mask, use_cache=True, output_hidden_states=with_va)
             cache = out.past_key_values
             cache.batch_repeat_interleave(L)
             start = mask.long().sum(-1).repeat_interleave(L)[:, None]
@@ -249,6 +256,8 @@ class DualEncoderLLM(nn.Module):
             rest = torch.log_softmax(cont.logits[:, :-1].float(), -1)                         # (B*L, C-1, V)
         lp = torch.cat([first.gather(-1, ids[:, :1]), rest.gather(-1, ids[:, 1:, None]).squeeze(-1)], 1)
         seq = (lp * cmask).sum(-1).view(B, L)
+        if with_va:
+            return torch.log_softmax(seq, -1), self.va_head(self.pooled_audio_state(out.hidden_states, batch["audio_mask"]))
         return torch.log_softmax(seq, -1)
 
     @torch.no_grad()

@@ -8,6 +8,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
+from reasoning.audio import duration
 from reasoning.config import load_recipe
 from reasoning.data import AudioCache, Collator, PromptBuilder, va_text
 from reasoning.errors import RecipeError, UserError
@@ -117,16 +118,16 @@ def test_two_step_training_uses_the_gold_va_and_transcript(two_step, tokenizer):
 
 def test_evaluation_uses_the_predicted_va_except_in_oracle_mode(two_step, tokenizer, monkeypatch):
     _, explainer, rows = two_step
-    rows = rows[:3]
+    rows = sorted(rows[:3], key=duration)  # the order of explain's batches, which the spy sees
     m = explainer.model
     predicted = torch.tensor([[0.5, -0.7]] * len(rows))
     monkeypatch.setattr(m, "predict_va", lambda batch, prompt_embeds=None: predicted)
     seen = []
     score = m.score_labels
 
-    def spy(batch, prompt_embeds=None):
+    def spy(batch, prompt_embeds=None, with_va=False):
         seen.append([tokenizer.decode(real(batch, i)) for i in range(len(rows))])
-        return score(batch, prompt_embeds)
+        return score(batch, prompt_embeds, with_va)
 
     monkeypatch.setattr(m, "score_labels", spy)
     preds = explainer.predict(rows, rationale=False, progress=False, oracle=True)

@@ -67,6 +67,18 @@ def test_label_probabilities_sum_to_one_and_match_full_scoring(tiny):
     torch.testing.assert_close(logp, torch.log_softmax(brute, -1), atol=1e-4, rtol=1e-4)
 
 
+def test_va_read_from_the_label_pass_equals_the_va_prompt(tiny):
+    # Explain reads VA from the label prompt's pass: the audio positions precede every
+    # task's instruction, so causally they are the same as in the VA prompt.
+    model, _, _, collate, rows = tiny
+    with torch.no_grad():
+        logp, va = model.score_labels(collate(rows, "emotion"), with_va=True)
+        expected = model.predict_va(collate(rows, "va"))
+    torch.testing.assert_close(logp, model.score_labels(collate(rows, "emotion")))
+    torch.testing.assert_close(va, expected, atol=1e-5, rtol=1e-4)
+    assert va.std(0).min() > 1e-4  # the clips differ, so a constant head would not pass
+
+
 def test_speech_encoder_trims_and_masks_padding(tiny):
     model, *_ = tiny
     enc = model.speech_encoder

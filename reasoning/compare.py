@@ -19,11 +19,10 @@ import json
 from pathlib import Path
 from typing import Mapping
 
+from reasoning.benchmark import EVAL_DIR
 from reasoning.errors import UserError
 from reasoning.evaluate import MODEL_NAME, ORACLE_NAME
 from reasoning.report import METRICS_NAME, _dec, _get, _pct, _va_source
-
-EVAL_DIR = "eval"
 
 
 def find_metrics(path: str | Path) -> Path:

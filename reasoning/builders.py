@@ -191,14 +191,15 @@ def assemble(recipe: Recipe, speech: nn.Module, para: nn.Module | None, llm: nn.
         gender_weight=h.gender_weight, emotion_loss=h.emotion_loss)
 
 
-def build_model(recipe: Recipe) -> tuple[DualEncoderLLM, object]:
-    """Assemble the full model from a recipe whose parts all have a ``path``."""
+def build_model(recipe: Recipe, caches: bool = True) -> tuple[DualEncoderLLM, object]:
+    """Assemble the full model from a recipe whose parts all have a ``path``. ``caches``:
+    attach the recipe's encoder-output cache (training; prediction never uses it)."""
     m = recipe.model
     speech = build_speech_encoder(m.speech)
     para = build_paralinguistic_encoder(m.paralinguistic)
     llm, tokenizer = build_llm(m.llm, recipe.lora)
     model = assemble(recipe, speech, para, llm)
-    if m.encoder_cache:
+    if caches and m.encoder_cache:
         attach_caches(model, recipe)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())

@@ -150,9 +150,8 @@ def load_for_inference(path: str | Path):
 
     ckpt = resolve_checkpoint(path)
     recipe = load_recipe(ckpt / RECIPE_NAME)
-    model, tokenizer = build_model(recipe)
+    model, tokenizer = build_model(recipe, caches=False)
     load_trainable(model, ckpt)
-    model.caches.clear()  # the encoder-output cache speeds up training; prediction never writes to it
     model.eval()
     return model, tokenizer, recipe, ckpt
 

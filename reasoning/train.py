@@ -274,8 +274,6 @@ class TrainRecipe:
         running.clear()
 
     def save_checkpoint(self) -> Path | None:
-        from accelerate.utils import DistributedType
-
         acc = self.accelerator
         acc.wait_for_everyone()
         # FSDP and DeepSpeed shard the weights: every process takes part in gathering them.

@@ -29,6 +29,9 @@ def test_cached_and_uncached_training_give_the_same_losses(tmp_path, small_manif
     # encoder's group norm sees the padding, so the losses agree closely but not bit for bit.
     assert cached == pytest.approx(plain, rel=0.03, abs=0.02)
 
+    from reasoning.checkpoint import load_for_inference
+    assert load_for_inference(tmp_path / "b")[0].caches == {}, "prediction encodes every clip afresh"
+
 
 def test_a_changed_encoder_setting_or_clip_invalidates_the_cache(tmp_path, small_manifest):
     def key_dirs(**speech):

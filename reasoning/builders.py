@@ -106,9 +106,13 @@ def build_speech_encoder(cfg) -> WhisperSpeechEncoder:
         fe = WhisperFeatureExtractor.from_pretrained(resolve_model_path(cfg.path))
     except OSError:  # a folder with the model but no preprocessor_config.json
         fe = WhisperFeatureExtractor(feature_size=encoder.config.num_mel_bins)
+    n = len(encoder.layers)
+    if not -(n + 1) <= cfg.layer <= n:
+        raise RecipeError(f"model.speech.layer: {cfg.layer} is out of range for {cfg.path} "
+                          f"({n} layers: use 0..{n}, or -1 for the final output).")
     if cfg.freeze:
         freeze(encoder)
-    return WhisperSpeechEncoder(encoder, fe, cfg.mel_policy)
+    return WhisperSpeechEncoder(encoder, fe, cfg.mel_policy, cfg.layer)
 
 
 def build_paralinguistic_encoder(cfg) -> nn.Module | None:
@@ -164,7 +168,8 @@ def build_llm(cfg, lora):
 def attach_caches(model: DualEncoderLLM, recipe: Recipe) -> None:
     """Give each encoder without trainable parameters an output cache (reasoning.cache)."""
     m = recipe.model
-    settings = {"speech": dict(path=m.speech.path, mel_policy=m.speech.mel_policy, max_seconds=m.speech.max_seconds),
+    settings = {"speech": dict(path=m.speech.path, mel_policy=m.speech.mel_policy, max_seconds=m.speech.max_seconds,
+                               layer=m.speech.layer),
                 "paralinguistic": dict(path=m.paralinguistic.path, layer=m.paralinguistic.layer,
                                        max_seconds=m.speech.max_seconds)}
     for name, encoder in (("speech", model.speech_encoder), ("paralinguistic", model.paralinguistic_encoder)):

@@ -54,6 +54,7 @@ class SpeechEncoderConfig:
     config: dict | str | None = _f(None, "WhisperConfig fields (a map) or a config.json path, for a randomly initialised encoder.")
     num_tokens: int = _f(100, "Speech tokens per clip given to the LLM (the encoder output is pooled to this many).")
     freeze: bool = _f(True, "Keep the Whisper encoder frozen (only its projector trains).")
+    layer: int = _f(-1, "Whisper hidden layer fed to the projector: 0 = the convolutions, i = the output of layer i, -1 = the final output. Layers above it are not run.")
     mel_policy: str = _f("trim", "`trim`: pad mel frames only to the longest clip of the batch (short clips cost little); `pad30`: pad every clip to Whisper's 30 s window, as in pre-training.")
     max_seconds: float = _f(30.0, "Clips longer than this are cut to their first `max_seconds` with a warning (Whisper's window is 30 s).")
 

@@ -30,14 +30,19 @@ class WhisperSpeechEncoder(nn.Module):
     the convolutions see the real frames, the positional embeddings are sliced to that
     length, and attention is masked past each clip's end. ``pad30`` pads every clip to
     30 s, exactly as in pre-training, for comparison.
+
+    ``layer`` picks the hidden layer that is returned (-1: the final output). The layers
+    above it are never run: for emotion, a middle layer of Whisper carries more of how
+    something was said than the last one, which is tuned to the words.
     """
 
     def __init__(self, encoder: nn.Module, feature_extractor: WhisperFeatureExtractor,
-                 mel_policy: str = "trim"):
+                 mel_policy: str = "trim", layer: int = -1):
         super().__init__()
         self.encoder = encoder
         self.feature_extractor = feature_extractor
         self.mel_policy = mel_policy
+        self.layer = layer
         self.hidden_size = encoder.config.d_model
 
     def mel(self, waves: torch.Tensor, wave_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -53,8 +58,14 @@ class WhisperSpeechEncoder(nn.Module):
         frames = torch.as_tensor([-(-len(a) // WHISPER_HOP) for a in arrays])
         return feats[..., : target // WHISPER_HOP], frames
 
-    def forward(self, waves: torch.Tensor, wave_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def hidden_states(self, waves: torch.Tensor, wave_lengths: torch.Tensor,
+                      upto: int | None = None) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Every hidden layer, numbered as transformers does (0 = the convolutions plus
+        positions, i = the output of layer i, the last one after the final layer norm), each
+        (B, T, D), and the valid frame counts (B,). ``upto``: stop after that layer."""
         enc = self.encoder
+        n = len(enc.layers)
+        upto = n if upto is None else upto
         feats, frames = self.mel(waves, wave_lengths)
         feats = feats.to(device=enc.conv1.weight.device, dtype=enc.conv1.weight.dtype)
         x = nn.functional.gelu(enc.conv1(feats))
@@ -67,10 +78,20 @@ class WhisperSpeechEncoder(nn.Module):
         pad = torch.arange(T, device=x.device)[None, :] >= lengths[:, None]
         mask = torch.zeros(x.shape[0], 1, T, T, dtype=x.dtype, device=x.device)
         mask = mask.masked_fill(pad[:, None, None, :], torch.finfo(x.dtype).min)
-        for layer in enc.layers:
+        states = [x]
+        for layer in enc.layers[:upto]:
             x = layer(x, mask)
             x = x[0] if isinstance(x, tuple) else x
-        return enc.layer_norm(x), lengths
+            states.append(x)
+        if upto == n:
+            states[-1] = enc.layer_norm(x)
+        return states, lengths
+
+    def forward(self, waves: torch.Tensor, wave_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        n = len(self.encoder.layers)
+        layer = self.layer % (n + 1)
+        states, lengths = self.hidden_states(waves, wave_lengths, upto=layer)
+        return states[-1], lengths
 
 
 class SSLEncoder(nn.Module):

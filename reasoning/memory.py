@@ -148,7 +148,7 @@ def _speech_encoder(recipe: Recipe):
     encoder = WhisperModel(cfg).get_encoder().to(_load_dtype(cfg))
     if s.freeze:
         freeze(encoder)
-    return WhisperSpeechEncoder(encoder, WhisperFeatureExtractor(feature_size=cfg.num_mel_bins), s.mel_policy)
+    return WhisperSpeechEncoder(encoder, WhisperFeatureExtractor(feature_size=cfg.num_mel_bins), s.mel_policy, s.layer)
 
 
 def _paralinguistic_encoder(recipe: Recipe):

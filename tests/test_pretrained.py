@@ -68,12 +68,14 @@ def test_speech_encoder_equals_transformers_whisper_encoder_on_30_s(whisper_base
     model, _, fe = whisper_base
     encoder = model.get_encoder()
     wave = np.resize(sample("spk1_angry_0")[0], 30 * 16000)
-    ours = WhisperSpeechEncoder(encoder, fe, mel_policy="pad30")
     with torch.no_grad():
-        got, lengths = ours(torch.from_numpy(wave)[None], torch.tensor([len(wave)]))
-        want = encoder(fe(wave, sampling_rate=16000, return_tensors="pt").input_features).last_hidden_state
-    assert lengths.tolist() == [1500]
-    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+        want = encoder(fe(wave, sampling_rate=16000, return_tensors="pt").input_features,
+                       output_hidden_states=True).hidden_states
+        for layer in (-1, 2):  # the final output, and a middle layer (the layers above are not run)
+            ours = WhisperSpeechEncoder(encoder, fe, mel_policy="pad30", layer=layer)
+            got, lengths = ours(torch.from_numpy(wave)[None], torch.tensor([len(wave)]))
+            assert lengths.tolist() == [1500]
+            torch.testing.assert_close(got, want[layer], atol=1e-4, rtol=1e-4)
 
 
 def test_smollm2_answers_through_its_chat_template(smollm):

@@ -195,6 +195,7 @@ class PromptConfig:
     transcript: str = _f("none", "Transcript as a second modality (arXiv 2506.10930), written before the audio in the emotion, va and rationale prompts: `none`; `gold`: the manifest's transcript (every row needs one); `asr`: the gold transcript in training, and at evaluation the model's own transcript (a first ASR pass with the same model; needs the asr task).")
     rationale_order: str = _f("label_then_rationale", "Target of the rationale task (arXiv 2305.17422): `label_then_rationale` (\"angry: loud voice...\") or `rationale_then_label` (\"loud voice..., so: angry\").")
     two_step: bool = _f(False, "Two-step prediction (arXiv 2305.17422): valence and arousal are written into the emotion and rationale prompts (\"Valence +0.3, arousal -0.2.\"): the gold values in training, the VA head's prediction at evaluation, where the gold values give a second system `model-oracle-va`. Needs the va task.")
+    system: str | None = _f(None, "System message of every prompt; null: the chat template's default (SmolLM2's and Qwen2.5's add about 20 tokens), \"\": an empty one.")
     asr_max_tokens: int = _f(48, "`transcript: asr`: length limit of the model's own transcript.")
 
     def __post_init__(self) -> None:
@@ -242,7 +243,8 @@ class TrainConfig:
     output_dir: str = _f("runs/run", "Run folder: resolved recipe, logs, checkpoints.")
     epochs: int = _f(1, "Passes over the training data (`phased`: one pass per phase, plus the joint one).")
     max_steps: int = _f(-1, "Stop after this many optimizer steps (-1: run all epochs).")
-    lr: float = _f(1e-4, "Peak learning rate.")
+    lr: float = _f(1e-4, "Peak learning rate (of the LLM's adapter; of everything unless `projector_lr` is set).")
+    projector_lr: float | None = _f(None, "Peak learning rate of the parts trained from scratch: projectors, heads and the openSMILE encoder (null: `lr`).")
     weight_decay: float = _f(0.0, "AdamW weight decay.")
     warmup_steps: int = _f(0, "Linear warm-up steps.")
     lr_schedule: str = _f("cosine", "`cosine`, `linear` or `constant` after warm-up.")

@@ -73,12 +73,15 @@ class PromptBuilder:
     the projected audio embeddings.
     """
 
-    def __init__(self, tokenizer, labels: list[str], num_audio_tokens: int):
+    def __init__(self, tokenizer, labels: list[str], num_audio_tokens: int, system: str | None = None):
         if tokenizer.chat_template is None:
             raise ValueError("the tokenizer has no chat template; use an instruct model's tokenizer")
         self.tokenizer = tokenizer
         self.labels = list(labels)
         self.num_audio_tokens = num_audio_tokens
+        # Templates such as SmolLM2's and Qwen2.5's add a default system message of ~20 tokens
+        # when none is given: a third of a short prompt, run through the LLM at every step.
+        self.system = [] if system is None else [{"role": "system", "content": system}]
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.turn_end_ids = self._turn_end_ids()
         self._prompts: dict[str, tuple[list[int], list[bool]]] = {}
@@ -112,7 +115,7 @@ class PromptBuilder:
             if transcript is not None:
                 content = f'Transcript: "{transcript.replace(AUDIO_PLACEHOLDER, " ")}"\n{content}'
             text = self.tokenizer.apply_chat_template(
-                [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True)
+                [*self.system, {"role": "user", "content": content}], tokenize=False, add_generation_prompt=True)
             before, after = text.split(AUDIO_PLACEHOLDER)
             head, tail = self._encode(before), self._encode(after)
             ids = head + [self.pad_id] * self.num_audio_tokens + tail

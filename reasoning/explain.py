@@ -41,7 +41,8 @@ class Explainer:
         self.model, self.tokenizer, self.recipe, self.checkpoint = load_for_inference(checkpoint)
         self.labels = list(self.recipe.data.labels)
         self.prompt = self.recipe.prompt
-        self.builder = PromptBuilder(self.tokenizer, self.labels, self.model.num_audio_tokens)
+        self.builder = PromptBuilder(self.tokenizer, self.labels, self.model.num_audio_tokens,
+                                     self.recipe.prompt.system)
         # Clips are read once each; no need to keep them. Never augmented: no epoch is passed.
         self.collate = Collator(self.builder, AudioCache(self.recipe.model.speech.max_seconds, keep=False),
                                 self.prompt.transcript, self.prompt.two_step, self.prompt.rationale_order)

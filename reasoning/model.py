@@ -171,9 +171,11 @@ class DualEncoderLLM(nn.Module):
         tgt_emb = self.llm.get_input_embeddings()(batch["target_ids"])
         embeds = torch.cat([prompt_embeds, tgt_emb], 1)
         mask = torch.cat([batch["attention_mask"], batch["target_mask"]], 1)
-        out = self._run(embeds, mask, output_hidden_states=want_hidden)
-        P = prompt_embeds.shape[1]
-        logits = out.logits[:, P - 1:-1].float()  # position t predicts target token t
+        T = batch["target_ids"].shape[1]
+        # Only the positions that predict a target token go through the LM head: the last
+        # prompt position and all target positions but the last (P - 1 .. P + T - 2).
+        out = self._run(embeds, mask, output_hidden_states=want_hidden, logits_to_keep=T + 1)
+        logits = out.logits[:, :-1].float()  # position t predicts target token t
         labels = batch["target_ids"].masked_fill(~batch["target_mask"].bool(), IGNORE)
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE)
         return loss, out
@@ -188,8 +190,8 @@ class DualEncoderLLM(nn.Module):
         prompt = self.embed_prompt(batch)
         losses: dict[str, torch.Tensor] = {}
         want_gender = self.gender_head is not None and self.gender_weight > 0 and task in ("emotion", "va")
-        if task == "va":
-            out = self._run(prompt, batch["attention_mask"], output_hidden_states=True)
+        if task == "va":  # hidden states only: one position through the LM head
+            out = self._run(prompt, batch["attention_mask"], output_hidden_states=True, logits_to_keep=1)
             pooled = self.pooled_audio_state(out.hidden_states, batch["audio_mask"])
             pred = self.va_head(pooled)
             target = batch["va"].to(pred.dtype)
@@ -204,7 +206,7 @@ class DualEncoderLLM(nn.Module):
                 votes = batch["votes"].to(logp.dtype)
                 losses["kl"] = F.kl_div(logp, votes, reduction="batchmean")
                 if want_gender and "lm" not in losses:
-                    out = self._run(prompt, batch["attention_mask"], output_hidden_states=True)
+                    out = self._run(prompt, batch["attention_mask"], output_hidden_states=True, logits_to_keep=1)
             losses["loss"] = sum(v for v in losses.values())
             pooled = self.pooled_audio_state(out.hidden_states, batch["audio_mask"]) if want_gender else None
         if want_gender:
@@ -231,7 +233,7 @@ class DualEncoderLLM(nn.Module):
             prompt_embeds = self.embed_prompt(batch)
         mask = batch["attention_mask"]
         cand, cand_mask = batch["label_ids"], batch["label_mask"]  # (L, C)
-        B, L, P = prompt_embeds.shape[0], cand.shape[0], prompt_embeds.shape[1]
+        B, L = prompt_embeds.shape[0], cand.shape[0]
         ids = cand.repeat(B, 1)                                       # (B*L, C)
         cmask = cand_mask.repeat(B, 1)
         full_mask = torch.cat([mask.repeat_interleave(L, 0), cmask], 1)
@@ -242,10 +244,10 @@ class DualEncoderLLM(nn.Module):
             # Checkpointing turns the KV cache off in training: score every "prompt + label"
             # sequence in one pass instead.
             emb = torch.cat([prompt_embeds.repeat_interleave(L, 0), self.llm.get_input_embeddings()(ids)], 1)
-            logits = self._run(emb, full_mask).logits[:, P - 1:-1].float()
+            logits = self._run(emb, full_mask, logits_to_keep=ids.shape[1] + 1).logits[:, :-1].float()
             first, rest = torch.log_softmax(logits[:, 0], -1), torch.log_softmax(logits[:, 1:], -1)
         else:
-            out = self._run(prompt_embeds, mask, use_cache=True, output_hidden_states=with_va)
+            out = self._run(prompt_embeds, mask, use_cache=True, output_hidden_states=with_va, logits_to_keep=1)
             cache = out.past_key_values
             cache.batch_repeat_interleave(L)
             start = mask.long().sum(-1).repeat_interleave(L)[:, None]
@@ -265,7 +267,7 @@ class DualEncoderLLM(nn.Module):
         """(B, 2) valence, arousal in [-1, 1]."""
         if prompt_embeds is None:
             prompt_embeds = self.embed_prompt(batch)
-        out = self._run(prompt_embeds, batch["attention_mask"], output_hidden_states=True)
+        out = self._run(prompt_embeds, batch["attention_mask"], output_hidden_states=True, logits_to_keep=1)
         return self.va_head(self.pooled_audio_state(out.hidden_states, batch["audio_mask"]))
 
     @torch.no_grad()

@@ -104,7 +104,7 @@ class TrainRecipe:
             raise UserError(f"{d.train_manifest}: no rows in split(s) {d.train_split}. "
                             "Check data.train_split against the manifest's `split` values.")
         self.rows = rows
-        self.builder = PromptBuilder(self.tokenizer, d.labels, self.model.num_audio_tokens)
+        self.builder = PromptBuilder(self.tokenizer, d.labels, self.model.num_audio_tokens, r.prompt.system)
         self.collate = Collator(self.builder, AudioCache(r.model.speech.max_seconds), r.prompt.transcript,
                                 r.prompt.two_step, r.prompt.rationale_order,
                                 augment=build_augmenter(r.augment, r.train.seed),
@@ -156,7 +156,12 @@ class TrainRecipe:
         t = self.recipe.train
         steps = sum(math.ceil(len(p) / t.grad_accum) for p in self.plans)
         self.total_steps = min(steps, t.max_steps) if t.max_steps > 0 else steps
-        self.optimizer = torch.optim.AdamW(self.params, lr=t.lr, weight_decay=t.weight_decay)
+        # The LoRA adapter nudges a pretrained LLM; projectors and heads start from random
+        # weights and may need a larger step (train.projector_lr).
+        llm = {id(p) for p in self.part_names.get("llm", [])}
+        groups = [{"params": [p for p in self.params if id(p) in llm], "lr": t.lr},
+                  {"params": [p for p in self.params if id(p) not in llm], "lr": t.projector_lr or t.lr}]
+        self.optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=t.lr, weight_decay=t.weight_decay)
         self.scheduler = get_scheduler(t.lr_schedule if t.lr_schedule != "constant" else "constant_with_warmup",
                                        self.optimizer, num_warmup_steps=t.warmup_steps,
                                        num_training_steps=self.total_steps)

@@ -153,3 +153,29 @@ def test_soft_targets_train_with_gradient_checkpointing(tmp_path):
         model.eval()
         eval_scores = model.score_labels(batch)
     torch.testing.assert_close(train_scores, eval_scores, atol=1e-4, rtol=1e-4)
+
+
+def test_lm_loss_through_the_kept_logits_equals_the_full_logits(tiny):
+    import torch.nn.functional as F
+
+    model, _, _, collate, rows = tiny
+    batch = collate(rows, "rationale")
+    with torch.no_grad():
+        prompt = model.embed_prompt(batch)
+        loss, _ = model.lm_loss(batch, prompt)
+        embeds = torch.cat([prompt, model.llm.get_input_embeddings()(batch["target_ids"])], 1)
+        mask = torch.cat([batch["attention_mask"], batch["target_mask"]], 1)
+        logits = model._run(embeds, mask).logits[:, prompt.shape[1] - 1:-1]
+        labels = batch["target_ids"].masked_fill(~batch["target_mask"].bool(), -100)
+        full = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=-100)
+    torch.testing.assert_close(loss, full)
+
+
+def test_a_system_message_replaces_the_templates_default(tiny):
+    _, tokenizer, recipe, _, _ = tiny
+    plain = PromptBuilder(tokenizer, recipe.data.labels, 4)
+    short = PromptBuilder(tokenizer, recipe.data.labels, 4, system="Listen.")
+    ids, audio = short.prompt("emotion")
+    text = tokenizer.decode(ids)
+    assert text.startswith("<|im_start|>system\nListen.<|im_end|>") and sum(audio) == 4
+    assert "system" not in tokenizer.decode(plain.prompt("emotion")[0])

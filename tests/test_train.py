@@ -156,3 +156,13 @@ def test_two_cpu_processes_end_with_identical_parameters(tmp_path, small_manifes
     assert any(not torch.equal(r0[k], init[k]) for k in r0), "the run trained"
     meta = json.loads((tmp_path / "world.json").read_text())
     assert meta == {"world_size": 2, "rows_per_rank": [4, 4]}  # data.batch_size per process
+
+
+def test_projector_lr_sets_the_rate_of_the_parts_trained_from_scratch(tmp_path, small_manifest):
+    trainer = make_trainer(tmp_path, small_manifest, train={"lr": 1e-4, "projector_lr": 5e-3, "warmup_steps": 0,
+                                                            "lr_schedule": "constant"})
+    model = trainer.unwrapped
+    group_of = {id(p): g["lr"] for g in trainer.optimizer.param_groups for p in g["params"]}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            assert group_of[id(p)] == (1e-4 if model.part_of(name) == "llm" else 5e-3), name

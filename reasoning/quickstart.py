@@ -1,7 +1,9 @@
 """``emoreason quickstart``: the whole flow, offline, on a CPU, in a few minutes.
 
 Measures the evidence of the bundled synthesised clips (``data/samples/``) and writes
-verified template rationales from it, trains the tiny model of ``recipes/quickstart.yaml`` on them, evaluates it on the held-out speaker, and explains two clips.
+verified template rationales from it, trains ``recipes/quickstart.yaml`` (real Whisper
+tiny.en and SmolLM2-135M-Instruct, from ``emoreason models fetch``) on three voices,
+evaluates it on the fourth, and explains two clips.
 """
 
 from __future__ import annotations
@@ -48,11 +50,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out).resolve()
     # The recipe's relative paths are relative to the repository root.
     recipe = load_recipe(RECIPE, [f"train.output_dir={out}", *args.overrides])
-    m, d = recipe.model, recipe.data
-    for part in (m.speech, m.paralinguistic, m.llm):
-        if isinstance(part.config, str):
-            part.config = str(REPO / part.config)
-    m.llm.tokenizer = str(REPO / m.llm.tokenizer)
+    d = recipe.data
     d.train_manifest = str(REPO / d.train_manifest)
     out.mkdir(parents=True, exist_ok=True)
 

@@ -28,7 +28,7 @@ def tiny_recipe_tree(out_dir: Path, manifest: Path = SAMPLES, **sections) -> dic
     ``sections`` update whole sections' fields, e.g. ``train={"epochs": 2}``."""
     import yaml
 
-    tree = yaml.safe_load((ROOT / "recipes" / "quickstart.yaml").read_text())
+    tree = yaml.safe_load((ROOT / "recipes" / "tiny.yaml").read_text())
     m = tree["model"]
     m["speech"]["config"] = str(TINY / "whisper.json")
     m["paralinguistic"]["config"] = str(TINY / "wavlm.json")

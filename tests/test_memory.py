@@ -121,7 +121,7 @@ def test_shallow_traces_extrapolate_to_the_full_depth(tmp_path):
 def test_cli_prints_the_table_for_the_four_variants(tiny, capsys):
     parser = argparse.ArgumentParser()
     memory.add_arguments(parser)
-    args = parser.parse_args([str(ROOT / "recipes/quickstart.yaml"), "data.batch_size=2",
+    args = parser.parse_args([str(ROOT / "recipes/tiny.yaml"), "data.batch_size=2",
                               "--clip-seconds", "1", "--target-tokens", "16"])
     assert memory.run(args) == 0
     out = capsys.readouterr().out
@@ -129,7 +129,7 @@ def test_cli_prints_the_table_for_the_four_variants(tiny, capsys):
     for row in ("weights", "gradients", "optimizer (AdamW)", "activations (peak)", "total"):
         assert row in out
     assert "2 clips of 1 s" in out and "counted with the tokenizer" in out
-    args = parser.parse_args([str(ROOT / "recipes/quickstart.yaml"), "model.paralinguistic.kind=opensmile",
+    args = parser.parse_args([str(ROOT / "recipes/tiny.yaml"), "model.paralinguistic.kind=opensmile",
                               "--clip-seconds", "1", "--json", "--variant", "QLoRA"])
     memory.run(args)
     data = json.loads(capsys.readouterr().out)

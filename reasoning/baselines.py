@@ -8,6 +8,12 @@
   imputer gives it the training means.
 * ``tfidf``: transcript word uni- and bigrams, TF-IDF (sublinear tf) -> the same logistic
   regression. It runs only where every train and test row has a transcript.
+* ``probe``: the model's own frozen speech encoder, mean-pooled at one hidden layer
+  (features from :mod:`reasoning.probe`) -> StandardScaler -> the same logistic regression:
+  what the LLM adds over its encoder, as EmoBox measures encoders. The layer is chosen on
+  the fold's training rows only, by a speaker-grouped inner cross-validation (UA per
+  layer); the prediction dict adds ``layer_choice`` (:func:`choose_probe_layer`). It needs
+  an encoder, so it is not among the :data:`DEFAULT_BASELINES` of ``emoreason eval``.
 
 Each returns a prediction dict in the format of the model's ``predict_rows`` so that
 :mod:`reasoning.metrics` treats all systems alike::
@@ -36,18 +42,24 @@ import numpy as np
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import GroupKFold, StratifiedKFold
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from reasoning.audio import SAMPLE_RATE, load_audio
 from reasoning.errors import AudioError, UserError
+from reasoning.metrics import unweighted_recall
 from reasoning.report import file_mode
 
 log = logging.getLogger(__name__)
 
 EGEMAPS_CACHE_NAME = "egemaps_cache.npz"
+PROBE_CACHE_DIR = "probe_cache"  # reasoning.probe's pooled encoder features, one file per clip
 FEATURE_SET = "eGeMAPSv02/Functionals"
-BASELINE_NAMES = ("majority", "egemaps", "tfidf")
+BASELINE_NAMES = ("majority", "egemaps", "tfidf", "probe")
+# what `emoreason eval` runs when not told: the probe needs a speech encoder (--probe-encoder)
+DEFAULT_BASELINES = ("majority", "egemaps", "tfidf")
+PROBE_INNER_FOLDS = 5
 
 
 def make_prediction(labels: Sequence[str], scores: np.ndarray, label_set: Sequence[str]) -> dict:
@@ -257,8 +269,86 @@ def tfidf_baseline(train_rows: Sequence[dict], test_rows: Sequence[dict],
                         [r["transcript"] for r in test_rows], label_set, len(test_rows))
 
 
+# ------------------------------------------------------------------------- encoder probe
+
+def _inner_splits(y: Sequence[str], groups: Sequence, n_splits: int
+                  ) -> tuple[list[tuple[np.ndarray, np.ndarray]], str]:
+    """Inner folds over the training rows and what they are grouped by: by speaker when
+    there are at least 2 (no speaker on both sides), else stratified by class."""
+    n = len(y)
+    if n < 2:
+        raise UserError(f"probe baseline: {n} training row; the layer choice needs at least 2.")
+    speakers = set(groups)
+    if None not in speakers and len(speakers) >= 2:
+        cv = GroupKFold(n_splits=min(n_splits, len(speakers)))
+        return list(cv.split(np.zeros(n), y, groups=list(groups))), "speaker"
+    smallest = min(Counter(y).values())
+    cv = StratifiedKFold(n_splits=min(n_splits, n, max(2, smallest)), shuffle=True, random_state=0)
+    return list(cv.split(np.zeros(n), y)), "class"
+
+
+def choose_probe_layer(x: np.ndarray, y: Sequence[str], groups: Sequence,
+                       label_set: Sequence[str], n_splits: int = PROBE_INNER_FOLDS) -> dict:
+    """The hidden layer whose pooled features (x: (N, L, D) of *training* rows only) best
+    predict ``y`` (N labels) under an inner cross-validation grouped by ``groups`` (N speaker
+    ids; fewer than 2 speakers: stratified folds instead).
+
+    Each layer's score is the UA of its out-of-fold predictions over all N rows (the same
+    standardised, class-balanced logistic regression as the final fit). Returns
+    ``{"layer": best (the lowest on ties), "inner_ua": [UA of layer 0 .. L-1],
+    "inner_folds": k, "grouped_by": "speaker" | "class"}``.
+    """
+    x = np.asarray(x)
+    y = list(y)
+    splits, grouped_by = _inner_splits(y, groups, n_splits)
+    scores = []
+    for layer in range(x.shape[1]):
+        pred = np.empty(len(y), dtype=object)
+        for tr, te in splits:
+            fold = _fit_predict(make_pipeline(StandardScaler(), _logistic()), x[tr, layer],
+                                [y[i] for i in tr], x[te, layer], label_set, len(te))
+            pred[te] = fold["labels"]
+        scores.append(unweighted_recall(y, list(pred), label_set))
+    best = int(np.argmax(scores))
+    log.info("probe: layer %d chosen (inner UA per layer: %s; %d folds by %s)", best,
+             " ".join(f"{s:.3f}" for s in scores), len(splits), grouped_by)
+    return {"layer": best, "inner_ua": scores, "inner_folds": len(splits),
+            "grouped_by": grouped_by}
+
+
+def probe_baseline(train_rows: Sequence[dict], test_rows: Sequence[dict],
+                   label_set: Sequence[str], label_key: str = "emotion",
+                   features: Mapping[str, np.ndarray] | None = None) -> dict:
+    """The encoder probe: choose a layer on ``train_rows`` (:func:`choose_probe_layer`),
+    then a standardised, class-balanced logistic regression on all training rows at that
+    layer. ``features``: {row id: (L, D) pooled layers} from
+    :func:`reasoning.probe.extract_probe_features`. The prediction dict adds
+    ``layer_choice``."""
+    if features is None:
+        raise UserError("probe baseline: no encoder features. `emoreason eval --baselines "
+                        "...,probe` needs --probe-encoder PATH (a Whisper folder) or "
+                        "--checkpoint; `emoreason benchmark` uses the recipe's model.speech.")
+
+    def tensor(rows: Sequence[dict]) -> np.ndarray:  # (N, L, D)
+        missing = [r["id"] for r in rows if r["id"] not in features]
+        if missing:
+            raise AudioError(f"probe baseline: no encoder features for {len(missing)} rows, "
+                             f"e.g. {missing[0]!r} (its audio could not be read).")
+        return np.stack([features[r["id"]] for r in rows])
+
+    y = _targets(train_rows, label_key, label_set)
+    x_train = tensor(train_rows)
+    choice = choose_probe_layer(x_train, y, [r.get("speaker") for r in train_rows], label_set)
+    layer = choice["layer"]
+    pred = _fit_predict(make_pipeline(StandardScaler(), _logistic()), x_train[:, layer], y,
+                        tensor(test_rows)[:, layer], label_set, len(test_rows))
+    pred["layer_choice"] = choice
+    return pred
+
+
 BASELINES: dict[str, Callable[..., dict]] = {
     "majority": majority_baseline,
     "egemaps": egemaps_baseline,
     "tfidf": tfidf_baseline,
+    "probe": probe_baseline,
 }

@@ -19,9 +19,9 @@ import logging
 from pathlib import Path
 
 from reasoning.checkpoint import STATE_FILE, list_checkpoints
-from reasoning.config import load_recipe
+from reasoning.config import RECIPE_NAME, load_recipe
 from reasoning.errors import RecipeError
-from reasoning.evaluate import checkpoint_predictor, evaluate_rows
+from reasoning.evaluate import PROBE_NAME, checkpoint_predictor, evaluate_rows
 from reasoning.folds import get_protocol, iter_folds, select_rows
 from reasoning.manifest import read_manifest, write_manifest
 from reasoning.report import TABLE_NAME
@@ -74,8 +74,15 @@ def run_benchmark(recipe, only_fold: str | None = None) -> dict:
     predictor, hashes = checkpoint_predictor(root, [f.name for f in folds])
     meta = {"manifest": str(Path(recipe.data.train_manifest).resolve()), "checkpoint": str(root.resolve()),
             "recipe_hash": hashes}
+    probe_speech = None
+    if PROBE_NAME in recipe.eval.baselines:
+        # An encoder built from `config` exists only as the folds' materialised copies (the
+        # same seed, so the same weights): take the first fold's resolved recipe.
+        probe_speech = (recipe.model.speech if recipe.model.speech.path is not None
+                        else load_recipe(root / folds[0].name / RECIPE_NAME).model.speech)
     return evaluate_rows(rows, protocol, root / EVAL_DIR, baselines=recipe.eval.baselines, predictor=predictor,
-                         fold=only_fold, dev_speakers=recipe.eval.dev_speakers, meta=meta)
+                         fold=only_fold, dev_speakers=recipe.eval.dev_speakers, meta=meta,
+                         probe_speech=probe_speech)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

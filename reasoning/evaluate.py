@@ -1,11 +1,14 @@
 """`emoreason eval`: a checkpoint and the classical baselines under one protocol.
 
     emoreason eval --manifest M --protocol iemocap4-loso|meld7|meld-sentiment|loso \\
-        --out DIR [--checkpoint CKPT] [--baselines majority,egemaps,tfidf]
+        --out DIR [--checkpoint CKPT] [--baselines majority,egemaps,tfidf,probe]
+        [--probe-encoder WHISPER_DIR]
 
 Every system is trained (baselines) or applied (the model) fold by fold on the same rows
 and scored by the same code, :mod:`reasoning.metrics`. Without ``--checkpoint`` only the
-baselines run.
+baselines run. The ``probe`` baseline (a linear probe on the speech encoder) needs that
+encoder: ``--probe-encoder``, or the ``model.speech`` of the checkpoint's ``recipe.yaml``; it
+runs only when asked for.
 
 The model seam: ``reasoning.explain.predict_rows(checkpoint_dir, rows)`` returns
 
@@ -46,8 +49,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from reasoning.baselines import (BASELINE_NAMES, BASELINES, EGEMAPS_CACHE_NAME, EgemapsCache,
-                                 extract_egemaps, missing_transcripts)
+from reasoning.baselines import (BASELINE_NAMES, BASELINES, DEFAULT_BASELINES, EGEMAPS_CACHE_NAME,
+                                 PROBE_CACHE_DIR, EgemapsCache, extract_egemaps,
+                                 missing_transcripts)
 from reasoning.errors import UserError
 from reasoning.folds import (PROTOCOLS, Protocol, aggregate_folds, get_protocol, iter_folds,
                              select_rows)
@@ -60,6 +64,8 @@ log = logging.getLogger(__name__)
 
 MODEL_NAME = "model"
 ORACLE_NAME = "model-oracle-va"
+PROBE_NAME = "probe"
+PROBE_FLAG = "--probe-encoder"
 PREDICTIONS_DIR = "predictions"
 RECIPE_FILE = "recipe.yaml"
 
@@ -78,9 +84,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", default=None,
                         help="trained model (a folder per fold for multi-fold protocols, or "
                         "use --fold); without it only the baselines run")
-    parser.add_argument("--baselines", default=",".join(BASELINE_NAMES),
+    parser.add_argument("--baselines", default=",".join(DEFAULT_BASELINES),
                         help=f"comma-separated subset of {','.join(BASELINE_NAMES)}, or 'none' "
-                        "(default: all; tfidf runs only where every row has a transcript)")
+                        f"(default: {','.join(DEFAULT_BASELINES)}; tfidf runs only where every "
+                        f"row has a transcript; probe needs {PROBE_FLAG} or --checkpoint)")
+    parser.add_argument(PROBE_FLAG, default=None, metavar="PATH",
+                        help="Whisper model folder (or $EMOREASON_MODELS/NAME) whose frozen "
+                        "encoder the probe baseline reads; default with --checkpoint: its "
+                        "recipe's model.speech")
+    parser.add_argument("--probe-cache", default=None, metavar="DIR",
+                        help=f"pooled encoder features per clip; default OUT/{PROBE_CACHE_DIR}")
     parser.add_argument("--fold", default=None, help="evaluate only this fold (e.g. speaker-03, "
                         "session5)")
     parser.add_argument("--dev-speakers", type=int, default=0,
@@ -204,6 +217,32 @@ def checkpoint_predictor(checkpoint: str | Path, folds: Sequence[str]) -> tuple[
     return predict, hashes
 
 
+def probe_speech_config(encoder: str | None, checkpoint: str | Path | None = None,
+                        folds: Sequence[str] = ()):
+    """The ``model.speech`` config of the probe's encoder: ``SpeechEncoderConfig(path=encoder)``
+    (defaults for the rest) when given, else the one in the checkpoint's ``recipe.yaml``
+    (``checkpoint/<fold>/`` first, then ``checkpoint/``). None when neither is given."""
+    from reasoning.config import SpeechEncoderConfig, load_recipe
+    from reasoning.pretrained import resolve_model_path
+
+    if encoder is not None:
+        folder = Path(resolve_model_path(encoder))
+        if not (folder / "config.json").is_file():
+            raise UserError(f"{PROBE_FLAG} {encoder}: {folder} is not a model folder (no "
+                            "config.json). Give a Whisper transformers folder, e.g. "
+                            "$EMOREASON_MODELS/whisper-base (`emoreason models fetch "
+                            "whisper-base` installs it).")
+        return SpeechEncoderConfig(path=encoder)
+    if checkpoint is None:
+        return None
+    root = Path(checkpoint)
+    for path in [root / f / RECIPE_FILE for f in folds] + [root / RECIPE_FILE]:
+        if path.is_file():
+            return load_recipe(path).model.speech
+    raise UserError(f"--checkpoint {root}: no {RECIPE_FILE} there (nor in a fold folder) to "
+                    f"take the probe's speech encoder from; pass {PROBE_FLAG} PATH.")
+
+
 def _write_predictions(path: Path, records: list[dict]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8") as f:
@@ -212,14 +251,24 @@ def _write_predictions(path: Path, records: list[dict]) -> None:
 
 
 def _drop_unusable(rows: list[dict], systems: list[str], cache_path: Path,
-                   excluded: dict, skipped: dict) -> tuple[list[dict], dict | None]:
-    """Leave out, for every system, the rows a system cannot use; compute eGeMAPS once.
+                   excluded: dict, skipped: dict, probe_speech=None,
+                   probe_dir: Path | None = None) -> tuple[list[dict], dict[str, dict]]:
+    """Leave out, for every system, the rows a system cannot use; compute each baseline's
+    audio features once (eGeMAPS; the probe's pooled encoder layers with ``probe_speech``,
+    a ``model.speech`` config, cached under ``probe_dir``).
 
     Updates ``excluded`` (row counts by reason) and ``skipped`` (systems not run, with the
-    reason; ``systems`` loses them). Returns the usable rows and the eGeMAPS features.
+    reason; ``systems`` loses them). Returns the usable rows and ``{system: {row id:
+    features}}``.
     """
-    features = None
-    if MODEL_NAME in systems or "egemaps" in systems:
+    features: dict[str, dict] = {}
+
+    def drop(rows: list[dict], failed: dict) -> list[dict]:
+        if failed:
+            excluded["audio unreadable"] = excluded.get("audio unreadable", 0) + len(failed)
+        return [r for r in rows if r["id"] not in failed]
+
+    if {MODEL_NAME, "egemaps", PROBE_NAME} & set(systems):
         missing = {r["id"] for r in rows if not os.path.isfile(str(r["audio"]))}
         if missing:
             log.warning("%d rows have no audio file and are left out for every system, e.g. "
@@ -227,10 +276,15 @@ def _drop_unusable(rows: list[dict], systems: list[str], cache_path: Path,
             excluded["audio file missing"] = len(missing)
             rows = [r for r in rows if r["id"] not in missing]
     if "egemaps" in systems:
-        features, failed = extract_egemaps(rows, EgemapsCache(cache_path))
-        if failed:
-            excluded["audio unreadable"] = len(failed)
-            rows = [r for r in rows if r["id"] not in failed]
+        features["egemaps"], failed = extract_egemaps(rows, EgemapsCache(cache_path))
+        rows = drop(rows, failed)
+    if PROBE_NAME in systems:
+        from reasoning.probe import extract_probe_features, load_probe_encoder, probe_cache
+
+        encoder = load_probe_encoder(probe_speech)
+        features[PROBE_NAME], failed = extract_probe_features(
+            rows, encoder, probe_cache(encoder, probe_speech, probe_dir), probe_speech.max_seconds)
+        rows = drop(rows, failed)
     if "tfidf" in systems:
         n_missing = missing_transcripts(rows)
         if n_missing:
@@ -293,11 +347,16 @@ class _Pool:
 
 
 def evaluate_rows(rows: Sequence[dict], protocol: Protocol | str, out_dir: str | Path,
-                  baselines: Sequence[str] = BASELINE_NAMES, predictor: Predictor | None = None,
+                  baselines: Sequence[str] = DEFAULT_BASELINES, predictor: Predictor | None = None,
                   fold: str | None = None, dev_speakers: int = 0,
                   cache_path: str | Path | None = None, asr_normalizer: str = "english",
-                  meta: dict | None = None) -> dict[str, Any]:
+                  meta: dict | None = None, probe_speech=None,
+                  probe_cache: str | Path | None = None) -> dict[str, Any]:
     """Evaluate the model (``predictor``) and the baselines fold by fold; write the report.
+
+    ``probe_speech`` (a ``model.speech`` config: the Whisper path, mel policy, clip-length
+    limit) is the encoder of the ``probe`` baseline, whose pooled features are cached under
+    ``probe_cache`` (default ``out_dir/probe_cache``).
 
     Returns the result written to ``metrics.json``: ``protocol``, ``rows`` (read, kept,
     excluded), ``folds``, ``systems`` ({name: {"pooled": metrics of all test rows,
@@ -305,7 +364,9 @@ def evaluate_rows(rows: Sequence[dict], protocol: Protocol | str, out_dir: str |
     ``model-oracle-va`` after ``model``), ``prompt`` ({system: what its prompts held:
     transcript mode, VA in the prompt, rationale order}), ``skipped`` ({system: reason}),
     ``versions``, ``report`` (the files written) and the ``meta`` entries (manifest,
-    checkpoint, recipe hash).
+    checkpoint, recipe hash). The probe's entry in ``systems`` adds ``encoder`` (its path)
+    and ``layer_choice`` ({fold: the layer chosen on the fold's training rows and the inner
+    cross-validation UA of every layer}).
     """
     started = time.time()
     protocol = get_protocol(protocol) if isinstance(protocol, str) else protocol
@@ -314,10 +375,15 @@ def evaluate_rows(rows: Sequence[dict], protocol: Protocol | str, out_dir: str |
     systems = ([MODEL_NAME] if predictor else []) + list(baselines)
     if not systems:
         raise UserError("nothing to evaluate: give --checkpoint or at least one baseline.")
+    if PROBE_NAME in systems and (probe_speech is None or probe_speech.path is None):
+        raise UserError(f"the {PROBE_NAME} baseline needs a speech encoder: pass {PROBE_FLAG} "
+                        "PATH (a Whisper model folder, e.g. $EMOREASON_MODELS/whisper-base) or "
+                        "--checkpoint CKPT (its recipe's model.speech.path).")
     kept, label_set, excluded = select_rows(rows, protocol)
     skipped: dict[str, str] = {}
     kept, features = _drop_unusable(kept, systems, Path(cache_path or out / EGEMAPS_CACHE_NAME),
-                                    excluded, skipped)
+                                    excluded, skipped, probe_speech,
+                                    Path(probe_cache or out / PROBE_CACHE_DIR))
     if not kept:
         raise UserError(f"protocol {protocol.name}: no row left to evaluate (excluded: "
                         f"{excluded}).")
@@ -326,6 +392,7 @@ def evaluate_rows(rows: Sequence[dict], protocol: Protocol | str, out_dir: str |
     per_fold: dict[str, dict[str, Any]] = {s: {} for s in systems}
     pools = {s: _Pool() for s in systems}
     prompts: dict[str, list[dict]] = {}  # system -> the distinct prompt settings of its folds
+    layer_choice: dict[str, dict] = {}   # fold -> the probe's layer and inner-CV scores
 
     def add(system: str, f, raw: dict) -> None:
         pred = align_prediction(raw, label_set, len(f.test), system)
@@ -341,12 +408,14 @@ def evaluate_rows(rows: Sequence[dict], protocol: Protocol | str, out_dir: str |
         for system in systems:
             if system == MODEL_NAME:
                 raw = predictor(f.name, list(f.test))
-            elif system == "egemaps":
+            elif system in features:
                 raw = BASELINES[system](f.train, f.test, label_set, protocol.label_key,
-                                        features=features)
+                                        features=features[system])
             else:
                 raw = BASELINES[system](f.train, f.test, label_set, protocol.label_key)
             add(system, f, raw)
+            if system == PROBE_NAME:
+                layer_choice[f.name] = raw["layer_choice"]
             if system == MODEL_NAME and raw.get("oracle_va") is not None:
                 add(ORACLE_NAME, f, raw["oracle_va"])
 
@@ -363,6 +432,8 @@ def evaluate_rows(rows: Sequence[dict], protocol: Protocol | str, out_dir: str |
             "per_fold": per_fold[system],
             "summary": aggregate_folds(per_fold[system]),
         }
+        if system == PROBE_NAME:
+            results[system].update(encoder=probe_speech.path, layer_choice=layer_choice)
         _write_predictions(out / PREDICTIONS_DIR / f"{system}.jsonl", pool.records)
     result = {
         "protocol": {"name": protocol.name, "label_key": protocol.label_key,
@@ -397,6 +468,7 @@ def run(args: argparse.Namespace) -> int:
     protocol = get_protocol(args.protocol)
     rows = read_manifest(args.manifest)
     predictor, meta = None, {"manifest": str(Path(args.manifest).resolve())}
+    names: list[str] = []
     if args.checkpoint:
         selected, _, _ = select_rows(rows, protocol)
         names = [f.name for f in iter_folds(selected, protocol, args.dev_speakers, args.fold)]
@@ -404,9 +476,15 @@ def run(args: argparse.Namespace) -> int:
         values = set(hashes.values())
         meta.update(checkpoint=str(Path(args.checkpoint).resolve()),
                     recipe_hash=values.pop() if len(values) == 1 else hashes)
+    probe_speech = None
+    if PROBE_NAME in baselines:
+        probe_speech = probe_speech_config(args.probe_encoder, args.checkpoint, names)
+    elif args.probe_encoder:
+        log.warning("%s is ignored: %s is not among --baselines", PROBE_FLAG, PROBE_NAME)
     result = evaluate_rows(rows, protocol, args.out, baselines=baselines, predictor=predictor,
                            fold=args.fold, dev_speakers=args.dev_speakers,
-                           cache_path=args.cache, asr_normalizer=args.asr_normalizer, meta=meta)
+                           cache_path=args.cache, asr_normalizer=args.asr_normalizer, meta=meta,
+                           probe_speech=probe_speech, probe_cache=args.probe_cache)
     print((Path(args.out) / TABLE_NAME).read_text(encoding="utf-8"))
     print(f"wrote {result['report']['metrics']}, {result['report']['table']} and "
           f"{len(result['report']['plots'])} plots in {Path(args.out) / 'plots'}")

@@ -177,6 +177,13 @@ def markdown_table(result: Mapping) -> str:
         + "Speaker share and CCC: pooled test predictions of all folds. UA = mean recall "
           "over the classes present; a class absent from a fold or speaker is left out.",
     ]
+    for name, sysres in systems.items():
+        choice = sysres.get("layer_choice")  # the encoder probe (reasoning.baselines)
+        if choice:
+            notes += ["", f"{name}: layer of `{sysres.get('encoder')}` chosen on each fold's "
+                      "training rows by inner cross-validation (its inner UA %): " + "; ".join(
+                          f"{fold} layer {c['layer']} ({_pct(c['inner_ua'][c['layer']])})"
+                          for fold, c in choice.items()) + "."]
     skipped = result.get("skipped") or {}
     if skipped:
         notes += ["", "Not run: " + "; ".join(f"{k} ({v})" for k, v in skipped.items()) + "."]

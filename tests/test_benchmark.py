@@ -12,12 +12,12 @@ def test_benchmark_trains_every_fold_and_reports_beside_the_baselines(tmp_path, 
     run = tmp_path / "bench"
     tree = tiny_recipe_tree(run, SAMPLES, train={"max_steps": 2})
     tree["data"].update(train_split=[], eval_split=[], labels=[], tasks={"emotion": 1.0, "va": 1.0})
-    tree["eval"] = {"protocol": "loso", "baselines": ["majority"]}
+    tree["eval"] = {"protocol": "loso", "baselines": ["majority", "probe"]}
     recipe = tmp_path / "bench.yaml"
     recipe.write_text(yaml.safe_dump(tree))
     assert main(["benchmark", str(recipe)]) == 0
     table = capsys.readouterr().out
-    assert "| model" in table and "| majority" in table
+    assert "| model" in table and "| majority" in table and "| probe" in table
 
     speakers = {r["speaker"] for r in read_manifest(SAMPLES)}
     for spk in speakers:
@@ -29,6 +29,11 @@ def test_benchmark_trains_every_fold_and_reports_beside_the_baselines(tmp_path, 
     assert len(metrics["folds"]) == 4
     assert metrics["systems"]["model"]["pooled"]["n"] == 48 or metrics["rows"]["kept"] == 48
     assert (run / "eval" / "report.md").is_file()
+    # the probe reads the encoder the folds materialised from model.speech.config
+    probe = metrics["systems"]["probe"]
+    assert probe["encoder"] == str(run / "speaker-spk1" / "base" / "speech")
+    assert sorted(probe["layer_choice"]) == sorted(f"speaker-{s}" for s in speakers)
+    assert all(c["layer"] in (0, 1, 2) for c in probe["layer_choice"].values())
 
     # A second run finds every fold trained and only evaluates.
     mtimes = {p: p.stat().st_mtime for p in run.glob("speaker-*/checkpoint-*/trainer_state.json")}

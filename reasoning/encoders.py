@@ -19,6 +19,7 @@ from reasoning.audio import SAMPLE_RATE
 
 WHISPER_HOP = 160            # samples per mel frame (10 ms)
 WHISPER_WINDOW_FRAMES = 3000  # 30 s of mel frames
+WHISPER_N_FFT = 400          # STFT window (25 ms)
 
 
 class WhisperSpeechEncoder(nn.Module):
@@ -27,8 +28,9 @@ class WhisperSpeechEncoder(nn.Module):
     Whisper was pre-trained on 30 s windows, and transformers' ``WhisperEncoder.forward``
     insists on 3000 mel frames, so a 2 s clip would cost a full 30 s forward. Policy
     ``trim`` (the default) runs the encoder's own layers on the batch's longest clip only:
-    the convolutions see the real frames, the positional embeddings are sliced to that
-    length, and attention is masked past each clip's end. ``pad30`` pads every clip to
+    the convolutions see the real frames and zeros after them, the positional embeddings are
+    sliced to that length, and attention is masked past each clip's end, so a clip's
+    output is the same alone and in any batch. ``pad30`` pads every clip to
     30 s, exactly as in pre-training, for comparison.
 
     ``layer`` picks the hidden layer that is returned (-1: the final output). The layers
@@ -49,7 +51,9 @@ class WhisperSpeechEncoder(nn.Module):
         """Log-mel features (B, n_mels, F) and valid frame counts (B,)."""
         arrays = [w[: int(n)].cpu().numpy() for w, n in zip(waves, wave_lengths)]
         longest = max(len(a) for a in arrays)
-        target = WHISPER_WINDOW_FRAMES * WHISPER_HOP if self.mel_policy == "pad30" else longest
+        # trim: at least half an STFT window of zeros after every clip, so that its last frames
+        # are computed from zeros whether it is alone or beside a longer clip.
+        target = WHISPER_WINDOW_FRAMES * WHISPER_HOP if self.mel_policy == "pad30" else longest + WHISPER_N_FFT // 2
         # Round up to an even number of frames so the stride-2 convolution sees whole pairs.
         target = -(-target // (2 * WHISPER_HOP)) * 2 * WHISPER_HOP
         feats = self.feature_extractor(arrays, sampling_rate=SAMPLE_RATE, padding="max_length",
@@ -68,7 +72,14 @@ class WhisperSpeechEncoder(nn.Module):
         upto = n if upto is None else upto
         feats, frames = self.mel(waves, wave_lengths)
         feats = feats.to(device=enc.conv1.weight.device, dtype=enc.conv1.weight.dtype)
-        x = nn.functional.gelu(enc.conv1(feats))
+        if self.mel_policy == "trim":
+            # The convolutions see zeros past each clip's end, as they do for a clip alone (their
+            # own zero padding), so what a clip gets does not depend on the clips beside it.
+            real = (torch.arange(feats.shape[-1], device=feats.device)[None, :] < frames[:, None].to(feats.device))
+            real = real[:, None, :].to(feats.dtype)                # (B, 1, F)
+            x = nn.functional.gelu(enc.conv1(feats * real)) * real
+        else:
+            x = nn.functional.gelu(enc.conv1(feats))
         x = nn.functional.gelu(enc.conv2(x)).permute(0, 2, 1)  # (B, T, D)
         T = x.shape[1]
         x = x + enc.embed_positions.weight[:T]

@@ -86,11 +86,15 @@ def test_speech_encoder_trims_and_masks_padding(tiny):
     batch = lambda other: (torch.nn.utils.rnn.pad_sequence([a, other], batch_first=True),  # noqa: E731
                            torch.tensor([len(a), len(other)]))
     with torch.no_grad():
+        alone, len1 = enc(a[None], torch.tensor([len(a)]))
         x3, len3 = enc(*batch(torch.randn(48000) * 0.1))
         x4, len4 = enc(*batch(torch.randn(64000) * 0.1))
-    assert x3.shape[1] == 150 and x4.shape[1] == 200  # 10 ms mel frames, stride 2: not 1500
-    assert int(len3[0]) == int(len4[0]) == 50
-    torch.testing.assert_close(x3[0, :50], x4[0, :50], atol=1e-5, rtol=1e-4)
+    # 10 ms mel frames, stride 2, plus half an STFT window of zeros rounded up: not 1500
+    assert x3.shape[1] == 151 and x4.shape[1] == 201
+    assert int(len1[0]) == int(len3[0]) == int(len4[0]) == 50
+    # a clip's frames are the same alone and beside any longer clip
+    torch.testing.assert_close(x3[0, :50], alone[0, :50], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(x4[0, :50], alone[0, :50], atol=1e-5, rtol=1e-5)
 
     enc.mel_policy = "pad30"
     try:

@@ -138,7 +138,7 @@ class HeadsConfig:
     va_loss: str = _f("ccc", "`ccc` (1 - concordance correlation, per dimension) or `mse`.")
     va_weight: float = _f(1.0, "Weight of the VA loss in `va` batches.")
     gender_weight: float = _f(0.0, "Weight of the auxiliary gender loss (0 turns the gender head off).")
-    emotion_loss: str = _f("lm", "`lm`: next-token loss on the label; `soft`: KL from the annotators' vote distribution to the label scores when `emotion_votes` is present (LM loss otherwise); `both`.")
+    emotion_loss: str = _f("lm", "`lm`: next-token loss on the label; `soft`: KL from the annotators' vote distribution (`emotion_votes`; a one-hot of the gold label for rows without votes) to the label scores, a cross-entropy over the label set; `both`: the two, from one pass.")
 
     def __post_init__(self) -> None:
         if self.va_pooling not in ("mean", "attention"):

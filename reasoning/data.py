@@ -252,8 +252,10 @@ class Collator:
             batch["va"] = torch.tensor([[r["valence"], r["arousal"]] for r in rows], dtype=torch.float32)
         if task == "emotion" and b.labels:
             batch["label_ids"], batch["label_mask"] = b.label_tensors()
-            if any(r.get("emotion_votes") for r in rows):
-                batch["votes"] = torch.tensor([vote_distribution(r, b.labels) for r in rows])
+            batch["votes"] = torch.tensor([vote_distribution(r, b.labels) for r in rows])
+            # -1: a clip with no label of the set (prediction); training rows always have one
+            batch["label_index"] = torch.tensor([b.labels.index(r["emotion"]) if r.get("emotion") in b.labels
+                                                 else -1 for r in rows])
         return batch
 
 

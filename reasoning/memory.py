@@ -389,8 +389,8 @@ def _batch(task: str, lengths: Lengths, recipe: Recipe) -> dict:
     if task == "emotion" and lengths.labels:
         batch["label_ids"] = torch.zeros(lengths.labels, lengths.label_tokens, dtype=torch.long)
         batch["label_mask"] = torch.ones(lengths.labels, lengths.label_tokens, dtype=torch.long)
-        if recipe.heads.emotion_loss in ("soft", "both"):  # IEMOCAP and MELD have votes
-            batch["votes"] = torch.full((B, lengths.labels), 1.0 / lengths.labels)
+        batch["votes"] = torch.full((B, lengths.labels), 1.0 / lengths.labels)
+        batch["label_index"] = torch.zeros(B, dtype=torch.long)
     return batch
 
 

@@ -38,16 +38,22 @@ def pool_frames(x: torch.Tensor, lengths: torch.Tensor, num_tokens: int) -> torc
 
 
 class Projector(nn.Module):
-    """Temporal pooling to the recipe's token budget, then a two-layer MLP into the LLM's
-    embedding space: (B, T, D) -> (B, num_tokens, llm_hidden)."""
+    """Temporal pooling to the recipe's token budget, a layer norm, then a two-layer MLP into
+    the LLM's embedding space: (B, T, D) -> (B, num_tokens, llm_hidden).
+
+    The norm matters for a middle encoder layer (``model.speech.layer``): only the last one
+    passes through the encoder's own final norm, and in the others the dimensions differ in
+    scale by more than ten times (Whisper base, layer 3: standard deviations 0.07 to 1.05).
+    """
 
     def __init__(self, in_dim: int, llm_hidden: int, num_tokens: int, hidden: int = 512):
         super().__init__()
         self.num_tokens = num_tokens
+        self.norm = nn.LayerNorm(in_dim)
         self.mlp = nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Linear(hidden, llm_hidden))
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        return self.mlp(pool_frames(x.float(), lengths, self.num_tokens))
+        return self.mlp(self.norm(pool_frames(x.float(), lengths, self.num_tokens)))
 
 
 class VAHead(nn.Module):
@@ -198,14 +204,19 @@ class DualEncoderLLM(nn.Module):
             losses["va"] = ccc_loss(pred, target) if self.va_loss == "ccc" else F.mse_loss(pred, target)
             losses["loss"] = self.va_weight * losses["va"]
         else:
-            use_soft = task == "emotion" and self.emotion_loss in ("soft", "both") and batch.get("votes") is not None
-            if not use_soft or self.emotion_loss == "both":
+            use_soft = task == "emotion" and self.emotion_loss in ("soft", "both")
+            if not use_soft:
                 losses["lm"], out = self.lm_loss(batch, prompt, want_hidden=want_gender)
-            if use_soft:
-                logp = self.score_labels(batch, prompt_embeds=prompt)
-                votes = batch["votes"].to(logp.dtype)
-                losses["kl"] = F.kl_div(logp, votes, reduction="batchmean")
-                if want_gender and "lm" not in losses:
+            else:
+                loglik = self.score_labels(batch, prompt_embeds=prompt, loglik=True)  # (B, L)
+                if self.emotion_loss == "both":
+                    # The emotion target is the gold label's candidate (label + end of turn), so its
+                    # LM loss is that candidate's log-likelihood per token: no second pass.
+                    gold = batch["label_index"]
+                    losses["lm"] = -loglik.gather(1, gold[:, None]).sum() / batch["label_mask"][gold].sum()
+                votes = batch["votes"].to(loglik.dtype)
+                losses["kl"] = F.kl_div(torch.log_softmax(loglik, -1), votes, reduction="batchmean")
+                if want_gender:
                     out = self._run(prompt, batch["attention_mask"], output_hidden_states=True, logits_to_keep=1)
             losses["loss"] = sum(v for v in losses.values())
             pooled = self.pooled_audio_state(out.hidden_states, batch["audio_mask"]) if want_gender else None
@@ -218,12 +229,15 @@ class DualEncoderLLM(nn.Module):
         return losses
 
     # -- prediction -----------------------------------------------------------------
-    def score_labels(self, batch: dict, prompt_embeds: torch.Tensor | None = None, with_va: bool = False):
+    def score_labels(self, batch: dict, prompt_embeds: torch.Tensor | None = None, with_va: bool = False,
+                     loglik: bool = False):
         """Log-probabilities (B, L) of each label of ``batch["label_ids"]`` given the clip.
 
         One pass over the prompt fills the KV cache, which is shared by all L candidate
         continuations (label tokens + end of turn) in a second, batched pass. The sequence
         log-likelihoods are normalised over the label set, so ``exp`` of a row sums to 1.
+
+        ``loglik`` returns the sequence log-likelihoods (B, L) before that normalisation.
 
         ``with_va`` (inference) also returns the VA head's (B, 2) prediction from that same
         prompt pass: every prompt puts the audio before the task's instruction, so under the
@@ -258,6 +272,8 @@ class DualEncoderLLM(nn.Module):
             rest = torch.log_softmax(cont.logits[:, :-1].float(), -1)                         # (B*L, C-1, V)
         lp = torch.cat([first.gather(-1, ids[:, :1]), rest.gather(-1, ids[:, 1:, None]).squeeze(-1)], 1)
         seq = (lp * cmask).sum(-1).view(B, L)
+        if loglik:
+            return seq
         if with_va:
             return torch.log_softmax(seq, -1), self.va_head(self.pooled_audio_state(out.hidden_states, batch["audio_mask"]))
         return torch.log_softmax(seq, -1)

@@ -183,3 +183,21 @@ def test_a_system_message_replaces_the_templates_default(tiny):
     text = tokenizer.decode(ids)
     assert text.startswith("<|im_start|>system\nListen.<|im_end|>") and sum(audio) == 4
     assert "system" not in tokenizer.decode(plain.prompt("emotion")[0])
+
+
+def test_emotion_loss_both_takes_the_lm_loss_from_the_label_scores(tiny):
+    """`both` reads the LM loss off the gold label's log-likelihood (one pass); it equals the
+    teacher-forced LM loss, and the KL against a one-hot label is the cross-entropy."""
+    model, _, _, collate, rows = tiny
+    batch = collate(rows, "emotion")
+    model.emotion_loss = "both"
+    try:
+        with torch.no_grad():
+            losses = model(batch)
+            lm, _ = model.lm_loss(batch, model.embed_prompt(batch))
+            logp = model.score_labels(batch)
+    finally:
+        model.emotion_loss = "lm"
+    torch.testing.assert_close(losses["lm"], lm, atol=1e-5, rtol=1e-5)
+    gold = batch["label_index"]
+    torch.testing.assert_close(losses["kl"], -logp.gather(1, gold[:, None]).mean(), atol=1e-5, rtol=1e-5)

@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # README says; the project pins the same version.
 TORCH := torch==2.13.0
 
-.PHONY: install sysdeps models quickstart test
+.PHONY: install sysdeps models quickstart test test-slow
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -37,5 +37,10 @@ sysdeps:
 quickstart: install
 	HF_HUB_OFFLINE=1 $(VENV)/bin/emoreason quickstart
 
+# The fast suite; test-slow runs the rest (training loops, subprocesses, the real models).
+# CI runs both.
 test: install
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slow"
+
+test-slow: install
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m slow

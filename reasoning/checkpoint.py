@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import shutil
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -31,6 +29,7 @@ from safetensors.torch import load_file, save_file
 
 from reasoning.config import RECIPE_NAME, Recipe, load_recipe, save_recipe
 from reasoning.errors import UserError
+from reasoning.files import atomic_dir
 
 log = logging.getLogger(__name__)
 
@@ -84,21 +83,20 @@ def save_checkpoint(output_dir: str | Path, step: int, model, recipe: Recipe, st
     only this process's shards."""
     output_dir = Path(output_dir)
     final = output_dir / f"checkpoint-{step:06d}"
-    tmp = Path(tempfile.mkdtemp(dir=output_dir, prefix=f".{final.name}.tmp-"))
     llm_state = None if state_dict is None else \
         {k.removeprefix("llm."): v for k, v in state_dict.items() if k.startswith("llm.")}
-    with without_fsdp_units(model):
-        model.llm.save_pretrained(tmp / ADAPTER_DIR, state_dict=llm_state)
-        save_file(module_state(model, state_dict), tmp / MODULES_FILE)
-    save_recipe(recipe, tmp / RECIPE_NAME)
-    (tmp / STATE_FILE).write_text(json.dumps({**state, "step": step}, indent=1))
-    if optimizer is not None:
-        torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
-        torch.save(scheduler.state_dict(), tmp / SCHEDULER_FILE)
-        save_file({"torch": torch.get_rng_state()}, tmp / RNG_FILE)
-    if final.exists():  # the same step saved again (e.g. after a resume): replace it
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    # The same step saved again (after a resume) replaces the old copy only once the new one
+    # is whole (reasoning.files.atomic_dir).
+    with atomic_dir(final) as tmp:
+        with without_fsdp_units(model):
+            model.llm.save_pretrained(tmp / ADAPTER_DIR, state_dict=llm_state)
+            save_file(module_state(model, state_dict), tmp / MODULES_FILE)
+        save_recipe(recipe, tmp / RECIPE_NAME)
+        (tmp / STATE_FILE).write_text(json.dumps({**state, "step": step}, indent=1))
+        if optimizer is not None:
+            torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
+            torch.save(scheduler.state_dict(), tmp / SCHEDULER_FILE)
+            save_file({"torch": torch.get_rng_state()}, tmp / RNG_FILE)
     log.info("saved %s", final)
     if keep_last > 0:
         for old in list_checkpoints(output_dir)[:-keep_last]:

@@ -17,16 +17,17 @@ import argparse
 import json
 import logging
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from reasoning.audio import SAMPLE_RATE, duration
+from reasoning.audio import SAMPLE_RATE, duration, load_audio
 from reasoning.checkpoint import load_for_inference
 from reasoning.data import AudioCache, Collator, PromptBuilder
-from reasoning.errors import UserError
+from reasoning.errors import AudioError, UserError
 
 log = logging.getLogger(__name__)
 
@@ -272,13 +273,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-rationale", action="store_true", help="skip rationale generation")
 
 
+def readable_clips(clips: list[Path]) -> tuple[list[Path], list[str]]:
+    """The clips whose audio can be read, and a message for each one that cannot."""
+    good, bad = [], []
+    for clip in clips:
+        try:
+            if len(load_audio(clip)) == 0:
+                raise AudioError(f"{clip}: the clip is empty.")
+            good.append(clip)
+        except AudioError as err:
+            bad.append(str(err))
+    return good, bad
+
+
 def run(args: argparse.Namespace) -> int:
-    clips = find_clips(args.paths)
+    """Explain every readable clip. Clips are checked before the model loads; one that cannot
+    be read is reported on stderr and the others go on (exit status 1 then). Progress goes to
+    stderr, so ``--json`` output on stdout stays clean."""
+    clips, bad = readable_clips(find_clips(args.paths))
+    for message in bad:
+        print(f"emoreason explain: skipped: {message}", file=sys.stderr)
+    if not clips:
+        raise UserError(f"none of the {len(bad)} clip(s) could be read (see above).")
     explainer = Explainer(args.checkpoint, args.batch_size, args.max_new_tokens, args.top_k)
     rows = [{"id": c.stem, "audio": str(c)} for c in clips]
-    preds = explainer.predict(rows, rationale=not args.no_rationale, progress=not args.json)
+    preds = explainer.predict(rows, rationale=not args.no_rationale, progress=True)
     if args.json:
         print(json.dumps(preds, indent=2, ensure_ascii=False))
     else:
         print("\n\n".join(format_summary(p) for p in preds))
-    return 0
+    return 1 if bad else 0

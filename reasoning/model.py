@@ -262,12 +262,12 @@ class DualEncoderLLM(nn.Module):
             first, rest = torch.log_softmax(logits[:, 0], -1), torch.log_softmax(logits[:, 1:], -1)
         else:
             out = self._run(prompt_embeds, mask, use_cache=True, output_hidden_states=with_va, logits_to_keep=1)
-            cache = out.past_key_values
+            cache = out.cache
             cache.batch_repeat_interleave(L)
             start = mask.long().sum(-1).repeat_interleave(L)[:, None]
             positions = start + torch.arange(ids.shape[1], device=ids.device)[None, :]
             cont = self.llm(input_ids=ids, attention_mask=full_mask, position_ids=positions,
-                            past_key_values=cache, use_cache=True)
+                            cache=cache, use_cache=True)
             first = torch.log_softmax(out.logits[:, -1].float(), -1).repeat_interleave(L, 0)  # (B*L, V)
             rest = torch.log_softmax(cont.logits[:, :-1].float(), -1)                         # (B*L, C-1, V)
         lp = torch.cat([first.gather(-1, ids[:, :1]), rest.gather(-1, ids[:, 1:, None]).squeeze(-1)], 1)

@@ -21,7 +21,8 @@ from tqdm.auto import tqdm
 
 from reasoning.audio import duration
 from reasoning.builders import build_model, materialize
-from reasoning.checkpoint import load_trainable, load_training_state, resolve_checkpoint, save_checkpoint
+from reasoning.checkpoint import (list_checkpoints, load_trainable, load_training_state, resolve_checkpoint,
+                                 save_checkpoint)
 from reasoning.config import RECIPE_NAME, Recipe, describe_fields, load_recipe, save_recipe
 from reasoning.augment import build_augmenter
 from reasoning.data import VA_PROMPT_TASKS, AudioCache, Collator, PromptBuilder, TaskSchedule, task_target
@@ -72,8 +73,15 @@ class TrainRecipe:
 
     def _setup_output(self) -> None:
         self.output_dir = Path(self.recipe.train.output_dir)
+        found = list_checkpoints(self.output_dir) if self.output_dir.is_dir() else []
+        if found and not self.resume:
+            raise UserError(f"{self.output_dir}: already holds a run ({len(found)} checkpoint(s), the latest "
+                            f"{found[-1].name}). Continue it with --resume, or set train.output_dir to a new "
+                            "folder (delete this one to start it over).")
         if self.accelerator.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
+            if not self.resume:  # a fresh run (any log here came from a run that never saved) logs afresh
+                (self.output_dir / HISTORY_FILE).unlink(missing_ok=True)
             materialize(self.recipe, self.output_dir, seed=self.recipe.train.seed)
             if self.recipe.model.paralinguistic.layer == "auto":  # the resolved recipe names the layer
                 from reasoning.saliency import resolve_auto_layer
@@ -299,8 +307,10 @@ class TrainRecipe:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="a recipe YAML (see recipes/)")
-    parser.add_argument("--resume", nargs="?", const=True, default=False,
-                        help="continue from the latest checkpoint of train.output_dir, or from PATH")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from the latest checkpoint of train.output_dir")
+    parser.add_argument("--resume-from", metavar="CHECKPOINT",
+                        help="continue from this checkpoint folder instead of the latest")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="dotted recipe overrides, e.g. train.lr=1e-4 data.batch_size=4")
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
@@ -309,7 +319,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.config, args.overrides)
-    trainer = TrainRecipe(recipe, resume=args.resume)
+    trainer = TrainRecipe(recipe, resume=args.resume_from or args.resume)
     trainer.setup()
     trainer.train()
     trainer.cleanup()

@@ -16,7 +16,7 @@ SHARED_DATA = Path(os.environ.get("EMOREASON_SHARED_DATA", ROOT.parent / "shared
 def shared_data() -> Path:
     """The real corpora beside the checkout; the test skips cleanly when they are absent."""
     if not SHARED_DATA.is_dir():
-        pytest.skip("../shared/data is not present")
+        pytest.skip(f"{SHARED_DATA} is not present (set EMOREASON_SHARED_DATA to the shared data folder)")
     return SHARED_DATA
 
 SAMPLES = ROOT / "data" / "samples" / "manifest.jsonl"

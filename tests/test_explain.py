@@ -91,3 +91,25 @@ def test_batches_of_similar_duration_return_in_the_given_order(trained):
         assert b["duration"] == s["duration"]
         np.testing.assert_allclose(list(b["probabilities"].values()), list(s["probabilities"].values()), atol=0.02)
         np.testing.assert_allclose([b["valence"], b["arousal"]], [s["valence"], s["arousal"]], atol=0.02)
+
+
+def test_one_unreadable_clip_is_skipped_and_the_others_are_explained(trained, tmp_path, capsys):
+    trainer, rows = trained
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    shutil.copy(rows[0]["audio"], folder / "a_good.wav")
+    (folder / "b_bad.wav").write_bytes(b"RIFF....not really a wave file")
+    shutil.copy(rows[1]["audio"], folder / "c_good.wav")
+    assert main(["explain", str(folder), "--checkpoint", str(trainer.output_dir), "--json", "--no-rationale"]) == 1
+    captured = capsys.readouterr()
+    assert [p["id"] for p in json.loads(captured.out)] == ["a_good", "c_good"]
+    assert "skipped" in captured.err and "b_bad.wav" in captured.err
+
+
+def test_clips_are_checked_before_the_model_is_loaded(tmp_path, capsys):
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"RIFF....not really a wave file")
+    # The checkpoint does not exist either: the clip's error comes first, without loading anything.
+    assert main(["explain", str(bad), "--checkpoint", str(tmp_path / "no_run")]) == 2
+    err = capsys.readouterr().err
+    assert "bad.wav" in err and "no checkpoint" not in err

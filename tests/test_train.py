@@ -166,3 +166,24 @@ def test_projector_lr_sets_the_rate_of_the_parts_trained_from_scratch(tmp_path, 
     for name, p in model.named_parameters():
         if p.requires_grad:
             assert group_of[id(p)] == (1e-4 if model.part_of(name) == "llm" else 5e-3), name
+
+
+def test_training_again_into_a_finished_run_folder_is_refused(tmp_path, small_manifest):
+    from reasoning.errors import UserError
+
+    make_trainer(tmp_path, small_manifest, train={"max_steps": 1}).train()
+    with pytest.raises(UserError, match=r"already holds a run \(1 checkpoint\(s\).*--resume"):
+        make_trainer(tmp_path, small_manifest, train={"max_steps": 1})
+
+
+def test_resume_takes_no_value_so_an_override_after_it_stays_an_override():
+    import argparse
+
+    from reasoning import train
+
+    parser = argparse.ArgumentParser()
+    train.add_arguments(parser)
+    args = parser.parse_args(["--config", "r.yaml", "--resume", "train.epochs=2"])
+    assert args.resume is True and args.overrides == ["train.epochs=2"] and args.resume_from is None
+    args = parser.parse_args(["--config", "r.yaml", "--resume-from", "runs/x/checkpoint-000004"])
+    assert args.resume_from == "runs/x/checkpoint-000004"

@@ -135,7 +135,7 @@ class LoraConfig:
 class HeadsConfig:
     va_pooling: str = _f("mean", "Pooling of hidden states over the audio positions: `mean` or `attention`.")
     va_layer: int = _f(-1, "LLM hidden layer the VA head reads (-1 = last).")
-    va_loss: str = _f("ccc", "`ccc` (1 - concordance correlation, per dimension) or `mse`.")
+    va_loss: str = _f("ccc", "`ccc` (1 - concordance correlation, per dimension), `mse`, or `ccc_mse`: their sum. CCC alone says almost nothing about the mean while the predictions barely vary (as they do at the start with a real LLM), so Adam's steps let the mean drift until tanh saturates; the MSE term holds it to the targets.")
     va_weight: float = _f(1.0, "Weight of the VA loss in `va` batches.")
     gender_weight: float = _f(0.0, "Weight of the auxiliary gender loss (0 turns the gender head off).")
     emotion_loss: str = _f("lm", "`lm`: next-token loss on the label; `soft`: KL from the annotators' vote distribution (`emotion_votes`; a one-hot of the gold label for rows without votes) to the label scores, a cross-entropy over the label set; `both`: the two, from one pass.")
@@ -143,8 +143,8 @@ class HeadsConfig:
     def __post_init__(self) -> None:
         if self.va_pooling not in ("mean", "attention"):
             raise RecipeError(f"heads.va_pooling: {self.va_pooling!r} is not one of mean, attention.")
-        if self.va_loss not in ("ccc", "mse"):
-            raise RecipeError(f"heads.va_loss: {self.va_loss!r} is not one of ccc, mse.")
+        if self.va_loss not in ("ccc", "mse", "ccc_mse"):
+            raise RecipeError(f"heads.va_loss: {self.va_loss!r} is not one of ccc, mse, ccc_mse.")
         if self.emotion_loss not in ("lm", "soft", "both"):
             raise RecipeError(f"heads.emotion_loss: {self.emotion_loss!r} is not one of lm, soft, both.")
 

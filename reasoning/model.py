@@ -57,12 +57,17 @@ class Projector(nn.Module):
 
 
 class VAHead(nn.Module):
-    """Valence and arousal in [-1, 1] from hidden states pooled over the audio positions."""
+    """Valence and arousal in [-1, 1] from hidden states pooled over the audio positions.
+
+    The pooled state is layer-normed first: a real LLM's hidden states reach norms in the
+    hundreds, which would saturate the output tanh for every clip alike (CCC 0, no gradient).
+    """
 
     def __init__(self, hidden: int, pooling: str = "mean", n_out: int = 2):
         super().__init__()
         self.pooling = pooling
         self.query = nn.Linear(hidden, 1) if pooling == "attention" else None
+        self.norm = nn.LayerNorm(hidden)
         self.mlp = nn.Sequential(nn.Linear(hidden, 256), nn.GELU(), nn.Linear(256, n_out))
 
     def pool(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -75,7 +80,7 @@ class VAHead(nn.Module):
         return torch.einsum("bt,bth->bh", torch.softmax(scores, -1), h)
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(self.mlp(pooled))
+        return torch.tanh(self.mlp(self.norm(pooled)))
 
 
 def ccc(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -201,7 +206,8 @@ class DualEncoderLLM(nn.Module):
             pooled = self.pooled_audio_state(out.hidden_states, batch["audio_mask"])
             pred = self.va_head(pooled)
             target = batch["va"].to(pred.dtype)
-            losses["va"] = ccc_loss(pred, target) if self.va_loss == "ccc" else F.mse_loss(pred, target)
+            losses["va"] = (ccc_loss(pred, target) if "ccc" in self.va_loss else 0) + \
+                (F.mse_loss(pred, target) if "mse" in self.va_loss else 0)
             losses["loss"] = self.va_weight * losses["va"]
         else:
             use_soft = task == "emotion" and self.emotion_loss in ("soft", "both")

@@ -166,9 +166,14 @@ class TrainRecipe:
         self.total_steps = min(steps, t.max_steps) if t.max_steps > 0 else steps
         # The LoRA adapter nudges a pretrained LLM; projectors and heads start from random
         # weights and may need a larger step (train.projector_lr).
-        llm = {id(p) for p in self.part_names.get("llm", [])}
-        groups = [{"params": [p for p in self.params if id(p) in llm], "lr": t.lr},
-                  {"params": [p for p in self.params if id(p) not in llm], "lr": t.projector_lr or t.lr}]
+        groups = [{"params": self.params, "lr": t.lr}]
+        if t.projector_lr is not None:
+            if self.accelerator.distributed_type == DistributedType.FSDP:
+                raise RecipeError("train.projector_lr is not supported under FSDP yet (its two parameter groups "
+                                  "were not checked against DDP there): leave it unset, or train with DDP.")
+            llm = {id(p) for p in self.part_names.get("llm", [])}
+            groups = [{"params": [p for p in self.params if id(p) in llm], "lr": t.lr},
+                      {"params": [p for p in self.params if id(p) not in llm], "lr": t.projector_lr}]
         self.optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=t.lr, weight_decay=t.weight_decay)
         self.scheduler = get_scheduler(t.lr_schedule if t.lr_schedule != "constant" else "constant_with_warmup",
                                        self.optimizer, num_warmup_steps=t.warmup_steps,

@@ -1,3 +1,4 @@
+import pytest
 import json
 
 import yaml
@@ -8,6 +9,7 @@ from reasoning.manifest import read_manifest
 from conftest import SAMPLES, tiny_recipe_tree
 
 
+@pytest.mark.slow
 def test_benchmark_trains_every_fold_and_reports_beside_the_baselines(tmp_path, capsys):
     run = tmp_path / "bench"
     tree = tiny_recipe_tree(run, SAMPLES, train={"max_steps": 2})

@@ -110,6 +110,7 @@ def test_adapter_saved_from_fsdp_units_keeps_every_lora_weight(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.slow
 def test_fsdp_on_two_cpu_processes_trains_exactly_like_ddp(tmp_path, small_manifest):
     # No VA task and no gender head: parameters a batch does not use get no gradient under
     # DDP (AdamW skips them) but a zero one inside an FSDP unit (AdamW's momentum moves them).
@@ -142,8 +143,11 @@ def test_fsdp_on_two_cpu_processes_trains_exactly_like_ddp(tmp_path, small_manif
     for name in (f"{ADAPTER_DIR}/adapter_model.safetensors", MODULES_FILE):
         want, got = load_file(ddp_ckpt / name), load_file(fsdp_ckpt / name)
         assert want.keys() == got.keys() and want
+        # DDP all-reduces and FSDP reduce-scatters in other orders; AdamW divides by the root of
+        # the squared gradient, which turns that float32 rounding of a near-zero gradient into
+        # steps of up to ~3e-6 after three steps at lr 1e-2 (measured; weights are ~0.1).
         for key in want:
-            torch.testing.assert_close(got[key], want[key], rtol=1e-5, atol=1e-7, msg=key)
+            torch.testing.assert_close(got[key], want[key], rtol=1e-5, atol=1e-5, msg=key)
     adapter = load_file(fsdp_ckpt / ADAPTER_DIR / "adapter_model.safetensors")
     assert sum("lora_A" in k for k in adapter) == 2 * 7  # two layers, seven projections
     assert all(t.numel() > 0 for t in adapter.values())  # whole tensors, not one process's shard

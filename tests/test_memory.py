@@ -106,6 +106,7 @@ def test_fake_trace_equals_a_real_training_step(tiny):
     assert all(peaks[True][t][1] < peaks[False][t][1] for t in peaks[True])  # checkpointing stores less
 
 
+@pytest.mark.slow
 def test_shallow_traces_extrapolate_to_the_full_depth(tmp_path):
     tree = tiny_recipe_tree(tmp_path / "run")
     tree["model"]["llm"]["config"] = {**json.loads((ROOT / "data/tiny/llm.json").read_text()),
@@ -143,6 +144,7 @@ def test_cli_prints_the_table_for_the_four_variants(tiny, capsys):
                for v in data["variants"])
 
 
+@pytest.mark.slow
 def test_the_shipped_qlora_recipe_fits_a_24_gb_gpu_as_it_claims_to_train():
     recipe = load_recipe(ROOT / "recipes/large_qlora.yaml")
     est = memory.estimate_memory(recipe, variants=[QLORA_CKPT])

@@ -41,6 +41,7 @@ def test_same_seed_and_key_give_the_same_wave_and_others_do_not():
     assert np.array_equal(x, tone()), "the input (the cached clean clip) is never modified"
 
 
+@pytest.mark.slow
 def test_each_transform_changes_the_wave_by_the_documented_amount():
     x = tone(440.0)
     gain = Augmenter(AugmentConfig(p=1.0, gain_db=[6.0, 6.0]))(x, "k")

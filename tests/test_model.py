@@ -201,3 +201,20 @@ def test_emotion_loss_both_takes_the_lm_loss_from_the_label_scores(tiny):
     torch.testing.assert_close(losses["lm"], lm, atol=1e-5, rtol=1e-5)
     gold = batch["label_index"]
     torch.testing.assert_close(losses["kl"], -logp.gather(1, gold[:, None]).mean(), atol=1e-5, rtol=1e-5)
+
+
+def test_va_loss_ccc_mse_is_the_sum_of_both(tiny):
+    import torch.nn.functional as F
+
+    from reasoning.model import ccc_loss
+
+    model, _, _, collate, rows = tiny
+    batch = collate(rows, "va")
+    with torch.no_grad():
+        pred = model.predict_va(batch)
+        model.va_loss = "ccc_mse"
+        try:
+            got = model(batch)["va"]
+        finally:
+            model.va_loss = "ccc"
+    torch.testing.assert_close(got, ccc_loss(pred, batch["va"]) + F.mse_loss(pred, batch["va"]))

@@ -103,6 +103,7 @@ def test_prompt_placeholder_and_label_scoring_with_the_real_tokenizer(smollm):
         assert tokenizer.decode(row[m.bool()]) == label + "<|im_end|>"
 
 
+@pytest.mark.slow
 def test_one_training_step_on_the_real_models(tmp_path, small_manifest):
     from reasoning.config import load_recipe
     from reasoning.train import TrainRecipe

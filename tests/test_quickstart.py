@@ -1,8 +1,11 @@
 import json
 
+import pytest
+
 from reasoning.cli import main
 
 
+@pytest.mark.slow
 def test_quickstart_trains_evaluates_and_explains(tmp_path, capsys):
     from test_pretrained import fetched
 

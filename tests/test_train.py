@@ -136,6 +136,7 @@ def test_a_crash_while_saving_keeps_the_previous_checkpoint(trained, monkeypatch
 
 
 @pytest.mark.slow
+@pytest.mark.slow
 def test_two_cpu_processes_end_with_identical_parameters(tmp_path, small_manifest):
     import yaml
 

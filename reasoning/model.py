@@ -59,8 +59,9 @@ class Projector(nn.Module):
 class VAHead(nn.Module):
     """Valence and arousal in [-1, 1] from hidden states pooled over the audio positions.
 
-    The pooled state is layer-normed first: a real LLM's hidden states reach norms in the
-    hundreds, which would saturate the output tanh for every clip alike (CCC 0, no gradient).
+    The pooled state is layer-normed first: a real LLM's hidden states have norms from about
+    40 (SmolLM2's last layer, after its final norm) to 2000 (its middle layers), so the head's
+    first step size would depend on ``heads.va_layer``.
     """
 
     def __init__(self, hidden: int, pooling: str = "mean", n_out: int = 2):

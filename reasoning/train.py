@@ -73,7 +73,7 @@ class TrainRecipe:
 
     def _setup_output(self) -> None:
         self.output_dir = Path(self.recipe.train.output_dir)
-        found = list_checkpoints(self.output_dir) if self.output_dir.is_dir() else []
+        found = list_checkpoints(self.output_dir)
         if found and not self.resume:
             raise UserError(f"{self.output_dir}: already holds a run ({len(found)} checkpoint(s), the latest "
                             f"{found[-1].name}). Continue it with --resume, or set train.output_dir to a new "

@@ -7,10 +7,10 @@ encoder's mean-pooled hidden states. This module computes those features::
     clip -> WhisperSpeechEncoder.hidden_states -> L x (1, T, D) -> mean over real frames
          -> (L, D) float32 per clip, L = encoder layers + 1 (0 = the convolutions)
 
-* Each clip is encoded on its own (a batch of one), all layers in one pass. Whisper's
-  trimmed mel and convolutions see a clip's padding at its last frames, so a clip batched
-  with a longer one gets other features (by up to 2e-4 on the tiny test model and about 1.0
-  on layer 5 of Whisper base); alone, what a clip gets does not depend on its neighbours.
+* Each clip is encoded on its own (a batch of one), all layers in one pass. (Since the trim
+  policy gives every clip zeros past its end, a batch would give the same features to float
+  rounding; one at
+  a time keeps the cache filling simple.)
 * The pooled features are cached per clip with :class:`reasoning.cache.EncoderCache`
   (clip key: audio path, start, end, size and modification time), under an encoder key of
   the encoder's path, config, weight files, mel policy and clip-length limit.

@@ -9,8 +9,7 @@ encoder's mean-pooled hidden states. This module computes those features::
 
 * Each clip is encoded on its own (a batch of one), all layers in one pass. (Since the trim
   policy gives every clip zeros past its end, a batch would give the same features to float
-  rounding; one at
-  a time keeps the cache filling simple.)
+  rounding; one at a time keeps the cache filling simple.)
 * The pooled features are cached per clip with :class:`reasoning.cache.EncoderCache`
   (clip key: audio path, start, end, size and modification time), under an encoder key of
   the encoder's path, config, weight files, mel policy and clip-length limit.

@@ -49,7 +49,7 @@ from sklearn.preprocessing import StandardScaler
 from reasoning.audio import SAMPLE_RATE, load_audio
 from reasoning.errors import AudioError, UserError
 from reasoning.metrics import unweighted_recall
-from reasoning.report import file_mode
+from reasoning.files import file_mode
 
 log = logging.getLogger(__name__)
 

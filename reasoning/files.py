@@ -24,12 +24,17 @@ def atomic_dir(final: str | Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.tmp-"))
     try:
         yield tmp
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700 whatever the umask
+        os.chmod(tmp, dir_mode())  # mkdtemp makes it 0700 whatever the umask
         old = None
         if final.exists():
             old = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.old-"))
             os.replace(final, old)
-        os.replace(tmp, final)
+        try:
+            os.replace(tmp, final)
+        except BaseException:
+            if old is not None:  # the swap failed: the old copy goes back in place
+                os.replace(old, final)
+            raise
         if old is not None:
             shutil.rmtree(old)
     finally:
@@ -40,3 +45,13 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def file_mode() -> int:
+    """The mode a plain ``open()`` would give a new file under the current umask."""
+    return 0o666 & ~_umask()
+
+
+def dir_mode() -> int:
+    """The mode a plain ``mkdir`` would give a new folder under the current umask."""
+    return 0o777 & ~_umask()

@@ -28,6 +28,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from reasoning.files import file_mode
+
 log = logging.getLogger(__name__)
 
 METRICS_NAME = "metrics.json"
@@ -48,13 +50,6 @@ def package_versions() -> dict[str, str | None]:
         except importlib.metadata.PackageNotFoundError:
             out[key] = None
     return out
-
-
-def file_mode() -> int:
-    """The mode a plain ``open()`` would give a new file under the current umask."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
 
 
 def json_default(value: Any) -> Any:

@@ -1,0 +1,50 @@
+import os
+import stat
+
+import pytest
+
+from reasoning import files
+from reasoning.files import atomic_dir
+
+
+def test_atomic_dir_replaces_a_folder_only_once_the_new_one_is_whole(tmp_path):
+    final = tmp_path / "checkpoint-000004"
+    final.mkdir()
+    (final / "weights").write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_dir(final) as tmp:
+            (tmp / "weights").write_text("half")
+            raise RuntimeError("killed while writing")
+    assert (final / "weights").read_text() == "old"
+    with atomic_dir(final) as tmp:
+        (tmp / "weights").write_text("new")
+    assert (final / "weights").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-000004"]  # nothing left behind
+
+
+def test_a_failed_swap_puts_the_old_folder_back(tmp_path, monkeypatch):
+    final = tmp_path / "run"
+    final.mkdir()
+    (final / "weights").write_text("old")
+    real = os.replace
+
+    def replace(src, dst):
+        if ".tmp-" in str(src):
+            raise OSError("disk full")
+        real(src, dst)
+
+    monkeypatch.setattr(files.os, "replace", replace)
+    with pytest.raises(OSError):
+        with atomic_dir(final) as tmp:
+            (tmp / "weights").write_text("new")
+    assert (final / "weights").read_text() == "old"
+
+
+def test_the_new_folder_follows_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        with atomic_dir(tmp_path / "shared") as tmp:
+            (tmp / "f").write_text("x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "shared").stat().st_mode) == 0o755

@@ -199,7 +199,8 @@ def assemble(recipe: Recipe, speech: nn.Module, para: nn.Module | None, llm: nn.
         speech, para, projectors, llm, VAHead(hidden, h.va_pooling),
         gender_head=nn.Linear(hidden, 2) if h.gender_weight > 0 else None,
         fusion=m.fusion, fuse=fuse, va_layer=h.va_layer, va_loss=h.va_loss, va_weight=h.va_weight,
-        gender_weight=h.gender_weight, emotion_loss=h.emotion_loss)
+        gender_weight=h.gender_weight, emotion_loss=h.emotion_loss,
+        va_in_emotion=h.va_in_emotion)
 
 
 def build_model(recipe: Recipe, caches: bool = True) -> tuple[DualEncoderLLM, object]:

@@ -138,6 +138,7 @@ class HeadsConfig:
     va_loss: str = _f("ccc", "`ccc` (1 - concordance correlation, per dimension), `mse`, or `ccc_mse`: their sum. CCC alone says almost nothing about the mean while the predictions barely vary (as they do at the start with a real LLM), so Adam's steps let the mean drift until tanh saturates; the MSE term holds it to the targets.")
     va_weight: float = _f(1.0, "Weight of the VA loss in `va` batches.")
     gender_weight: float = _f(0.0, "Weight of the auxiliary gender loss (0 turns the gender head off).")
+    va_in_emotion: bool = _f(False, "Train the VA head in emotion batches too, on the hidden states of the pass that scores the label (the audio comes before every instruction, so under the causal mask those states are the VA prompt's): a VA update at every emotion step at no extra LLM cost, and a recipe may then drop the `va` task. Rows without VA targets are left out of that loss.")
     emotion_loss: str = _f("lm", "`lm`: next-token loss on the label; `soft`: KL from the annotators' vote distribution (`emotion_votes`; a one-hot of the gold label for rows without votes) to the label scores, a cross-entropy over the label set; `both`: the two, from one pass.")
 
     def __post_init__(self) -> None:
@@ -302,9 +303,11 @@ class Recipe:
         if self.prompt.transcript == "asr" and "asr" not in self.data.tasks:
             raise RecipeError("prompt.transcript is `asr`, so the model must learn to transcribe: add asr to "
                               "data.tasks, or use prompt.transcript: gold.")
-        if self.prompt.two_step and "va" not in self.data.tasks:
+        trains_va = "va" in self.data.tasks or (self.heads.va_in_emotion and "emotion" in self.data.tasks)
+        if self.prompt.two_step and not trains_va:
             raise RecipeError("prompt.two_step writes the VA head's prediction into the prompt, so the head must "
-                              "be trained: add va to data.tasks, or set prompt.two_step: false.")
+                              "be trained: add va to data.tasks (or set heads.va_in_emotion with the emotion "
+                              "task), or set prompt.two_step: false.")
 
 
 # Sections whose fields are themselves dataclasses, for building from nested maps.

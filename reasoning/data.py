@@ -248,8 +248,9 @@ class Collator:
         for i, t in enumerate(targets):
             batch["target_ids"][i, : len(t)] = torch.tensor(t, dtype=torch.long)
             batch["target_mask"][i, : len(t)] = 1
-        if task == "va":
-            batch["va"] = torch.tensor([[r["valence"], r["arousal"]] for r in rows], dtype=torch.float32)
+        if task in ("va", "emotion"):  # NaN: no target (emotion rows need none)
+            batch["va"] = torch.tensor([[_number(r.get("valence")), _number(r.get("arousal"))] for r in rows],
+                                       dtype=torch.float32)
         if task == "emotion" and b.labels:
             batch["label_ids"], batch["label_mask"] = b.label_tensors()
             batch["votes"] = torch.tensor([vote_distribution(r, b.labels) for r in rows])
@@ -257,6 +258,10 @@ class Collator:
             batch["label_index"] = torch.tensor([b.labels.index(r["emotion"]) if r.get("emotion") in b.labels
                                                  else -1 for r in rows])
         return batch
+
+
+def _number(value) -> float:
+    return float("nan") if value is None else float(value)
 
 
 def vote_distribution(row: dict, labels: list[str]) -> list[float]:

@@ -107,7 +107,8 @@ class DualEncoderLLM(nn.Module):
                  projectors: nn.ModuleDict, llm: nn.Module, va_head: VAHead,
                  gender_head: nn.Module | None = None, fusion: str = "sequence",
                  fuse: nn.Module | None = None, va_layer: int = -1, va_loss: str = "ccc",
-                 va_weight: float = 1.0, gender_weight: float = 0.0, emotion_loss: str = "lm"):
+                 va_weight: float = 1.0, gender_weight: float = 0.0, emotion_loss: str = "lm",
+                 va_in_emotion: bool = False):
         super().__init__()
         self.speech_encoder = speech_encoder
         self.paralinguistic_encoder = paralinguistic_encoder
@@ -122,6 +123,7 @@ class DualEncoderLLM(nn.Module):
         self.va_weight = va_weight
         self.gender_weight = gender_weight
         self.emotion_loss = emotion_loss
+        self.va_in_emotion = va_in_emotion
         self.caches: dict[str, EncoderCache] = {}  # encoder name -> its output cache (frozen encoders)
 
     @property
@@ -192,50 +194,97 @@ class DualEncoderLLM(nn.Module):
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE)
         return loss, out
 
-    def pooled_audio_state(self, hidden_states, audio_mask: torch.Tensor) -> torch.Tensor:
-        h = hidden_states[self.va_layer][:, : audio_mask.shape[1]]
+    def pooled_audio_state(self, hidden_states, audio_mask: torch.Tensor, every: int = 1) -> torch.Tensor:
+        """(B, H) state of the VA head's layer pooled over the audio positions; ``every``
+        takes one row in that many (a pass that repeats each prompt)."""
+        h = hidden_states[self.va_layer][::every, : audio_mask.shape[1]]
         return self.va_head.pool(h, audio_mask)
 
+    def _va_loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The recipe's VA loss over the rows with both targets (NaN marks a missing one).
+        Zero, still joined to the graph, when there is none: every process of a
+        distributed run then computes the same losses."""
+        known = torch.isfinite(target).all(-1)
+        if not known.any():
+            return pred.sum() * 0
+        pred, target = pred[known], target[known].to(pred.dtype)
+        return (ccc_loss(pred, target) if "ccc" in self.va_loss else 0) + \
+            (F.mse_loss(pred, target) if "mse" in self.va_loss else 0)
+
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
-        """Losses of one single-task batch: ``{"loss": total, <component>: value, ...}``."""
+        """Losses of one single-task batch: ``{"loss": total, <component>: value, ...}``.
+
+        The VA and gender heads read the hidden states of the batch's one LLM pass: in a
+        ``va`` batch, and with ``va_in_emotion`` in an emotion batch too.
+        """
         task = batch["task"]
         prompt = self.embed_prompt(batch)
+        mask = batch["audio_mask"]
         losses: dict[str, torch.Tensor] = {}
+        want_va = task == "va" or (task == "emotion" and self.va_in_emotion)
         want_gender = self.gender_head is not None and self.gender_weight > 0 and task in ("emotion", "va")
+        need_pooled = want_va or want_gender
         if task == "va":  # hidden states only: one position through the LM head
             out = self._run(prompt, batch["attention_mask"], output_hidden_states=True, logits_to_keep=1)
-            pooled = self.pooled_audio_state(out.hidden_states, batch["audio_mask"])
-            pred = self.va_head(pooled)
-            target = batch["va"].to(pred.dtype)
-            losses["va"] = (ccc_loss(pred, target) if "ccc" in self.va_loss else 0) + \
-                (F.mse_loss(pred, target) if "mse" in self.va_loss else 0)
-            losses["loss"] = self.va_weight * losses["va"]
+            pooled = self.pooled_audio_state(out.hidden_states, mask)
+        elif task == "emotion" and self.emotion_loss in ("soft", "both"):
+            loglik, pooled = self._score(batch, prompt, pooled=need_pooled)  # (B, L)
+            if self.emotion_loss == "both":
+                # The emotion target is the gold label's candidate (label + end of turn), so its
+                # LM loss is that candidate's log-likelihood per token: no second pass.
+                gold = batch["label_index"]
+                losses["lm"] = -loglik.gather(1, gold[:, None]).sum() / batch["label_mask"][gold].sum()
+            votes = batch["votes"].to(loglik.dtype)
+            losses["kl"] = F.kl_div(torch.log_softmax(loglik, -1), votes, reduction="batchmean")
         else:
-            use_soft = task == "emotion" and self.emotion_loss in ("soft", "both")
-            if not use_soft:
-                losses["lm"], out = self.lm_loss(batch, prompt, want_hidden=want_gender)
-            else:
-                loglik = self.score_labels(batch, prompt_embeds=prompt, loglik=True)  # (B, L)
-                if self.emotion_loss == "both":
-                    # The emotion target is the gold label's candidate (label + end of turn), so its
-                    # LM loss is that candidate's log-likelihood per token: no second pass.
-                    gold = batch["label_index"]
-                    losses["lm"] = -loglik.gather(1, gold[:, None]).sum() / batch["label_mask"][gold].sum()
-                votes = batch["votes"].to(loglik.dtype)
-                losses["kl"] = F.kl_div(torch.log_softmax(loglik, -1), votes, reduction="batchmean")
-                if want_gender:
-                    out = self._run(prompt, batch["attention_mask"], output_hidden_states=True, logits_to_keep=1)
-            losses["loss"] = sum(v for v in losses.values())
-            pooled = self.pooled_audio_state(out.hidden_states, batch["audio_mask"]) if want_gender else None
+            losses["lm"], out = self.lm_loss(batch, prompt, want_hidden=need_pooled)
+            pooled = self.pooled_audio_state(out.hidden_states, mask) if need_pooled else None
+        total = sum(losses.values())
+        if want_va:
+            losses["va"] = self._va_loss(self.va_head(pooled), batch["va"])
+            total = total + self.va_weight * losses["va"]
         if want_gender:
             known = batch["gender"] >= 0
             if known.any():
-                logits = self.gender_head(pooled[known])
-                losses["gender"] = F.cross_entropy(logits, batch["gender"][known])
-                losses["loss"] = losses["loss"] + self.gender_weight * losses["gender"]
+                losses["gender"] = F.cross_entropy(self.gender_head(pooled[known]), batch["gender"][known])
+                total = total + self.gender_weight * losses["gender"]
+        losses["loss"] = total
         return losses
 
     # -- prediction -----------------------------------------------------------------
+    def _score(self, batch: dict, prompt_embeds: torch.Tensor, pooled: bool = False):
+        """(B, L) log-likelihoods of the candidate labels, and with ``pooled`` the (B, H)
+        audio state of the prompt pass (else None); see :meth:`score_labels`."""
+        mask = batch["attention_mask"]
+        cand, cand_mask = batch["label_ids"], batch["label_mask"]  # (L, C)
+        B, L = prompt_embeds.shape[0], cand.shape[0]
+        ids = cand.repeat(B, 1)                                       # (B*L, C)
+        cmask = cand_mask.repeat(B, 1)
+        full_mask = torch.cat([mask.repeat_interleave(L, 0), cmask], 1)
+        if self.training and self.llm.get_base_model().is_activation_checkpointing:
+            # Checkpointing turns the KV cache off in training: score every "prompt + label"
+            # sequence in one pass instead; each prompt's states repeat L times.
+            emb = torch.cat([prompt_embeds.repeat_interleave(L, 0), self.llm.get_input_embeddings()(ids)], 1)
+            out = self._run(emb, full_mask, output_hidden_states=pooled, logits_to_keep=ids.shape[1] + 1)
+            logits = out.logits[:, :-1].float()
+            first, rest = torch.log_softmax(logits[:, 0], -1), torch.log_softmax(logits[:, 1:], -1)
+            every = L
+        else:
+            out = self._run(prompt_embeds, mask, use_cache=True, output_hidden_states=pooled, logits_to_keep=1)
+            cache = out.cache
+            cache.batch_repeat_interleave(L)
+            start = mask.long().sum(-1).repeat_interleave(L)[:, None]
+            positions = start + torch.arange(ids.shape[1], device=ids.device)[None, :]
+            cont = self.llm(input_ids=ids, attention_mask=full_mask, position_ids=positions,
+                            cache=cache, use_cache=True)
+            first = torch.log_softmax(out.logits[:, -1].float(), -1).repeat_interleave(L, 0)  # (B*L, V)
+            rest = torch.log_softmax(cont.logits[:, :-1].float(), -1)                         # (B*L, C-1, V)
+            every = 1
+        lp = torch.cat([first.gather(-1, ids[:, :1]), rest.gather(-1, ids[:, 1:, None]).squeeze(-1)], 1)
+        seq = (lp * cmask).sum(-1).view(B, L)
+        state = self.pooled_audio_state(out.hidden_states, batch["audio_mask"], every) if pooled else None
+        return seq, state
+
     def score_labels(self, batch: dict, prompt_embeds: torch.Tensor | None = None, with_va: bool = False,
                      loglik: bool = False):
         """Log-probabilities (B, L) of each label of ``batch["label_ids"]`` given the clip.
@@ -246,44 +295,15 @@ class DualEncoderLLM(nn.Module):
 
         ``loglik`` returns the sequence log-likelihoods (B, L) before that normalisation.
 
-        ``with_va`` (inference) also returns the VA head's (B, 2) prediction from that same
-        prompt pass: every prompt puts the audio before the task's instruction, so under the
-        causal mask the audio positions the head pools are those of the VA prompt.
+        ``with_va`` also returns the VA head's (B, 2) prediction from that same prompt pass:
+        every prompt puts the audio before the task's instruction, so under the causal mask
+        the audio positions the head pools are those of the VA prompt.
         """
         if prompt_embeds is None:
             prompt_embeds = self.embed_prompt(batch)
-        mask = batch["attention_mask"]
-        cand, cand_mask = batch["label_ids"], batch["label_mask"]  # (L, C)
-        B, L = prompt_embeds.shape[0], cand.shape[0]
-        ids = cand.repeat(B, 1)                                       # (B*L, C)
-        cmask = cand_mask.repeat(B, 1)
-        full_mask = torch.cat([mask.repeat_interleave(L, 0), cmask], 1)
-        checkpointing = self.training and self.llm.get_base_model().is_activation_checkpointing
-        if with_va and checkpointing:
-            raise ValueError("score_labels(with_va=True) is for inference; use predict_va in training")
-        if checkpointing:
-            # Checkpointing turns the KV cache off in training: score every "prompt + label"
-            # sequence in one pass instead.
-            emb = torch.cat([prompt_embeds.repeat_interleave(L, 0), self.llm.get_input_embeddings()(ids)], 1)
-            logits = self._run(emb, full_mask, logits_to_keep=ids.shape[1] + 1).logits[:, :-1].float()
-            first, rest = torch.log_softmax(logits[:, 0], -1), torch.log_softmax(logits[:, 1:], -1)
-        else:
-            out = self._run(prompt_embeds, mask, use_cache=True, output_hidden_states=with_va, logits_to_keep=1)
-            cache = out.cache
-            cache.batch_repeat_interleave(L)
-            start = mask.long().sum(-1).repeat_interleave(L)[:, None]
-            positions = start + torch.arange(ids.shape[1], device=ids.device)[None, :]
-            cont = self.llm(input_ids=ids, attention_mask=full_mask, position_ids=positions,
-                            cache=cache, use_cache=True)
-            first = torch.log_softmax(out.logits[:, -1].float(), -1).repeat_interleave(L, 0)  # (B*L, V)
-            rest = torch.log_softmax(cont.logits[:, :-1].float(), -1)                         # (B*L, C-1, V)
-        lp = torch.cat([first.gather(-1, ids[:, :1]), rest.gather(-1, ids[:, 1:, None]).squeeze(-1)], 1)
-        seq = (lp * cmask).sum(-1).view(B, L)
-        if loglik:
-            return seq
-        if with_va:
-            return torch.log_softmax(seq, -1), self.va_head(self.pooled_audio_state(out.hidden_states, batch["audio_mask"]))
-        return torch.log_softmax(seq, -1)
+        seq, pooled = self._score(batch, prompt_embeds, pooled=with_va)
+        scores = seq if loglik else torch.log_softmax(seq, -1)
+        return (scores, self.va_head(pooled)) if with_va else scores
 
     @torch.no_grad()
     def predict_va(self, batch: dict, prompt_embeds: torch.Tensor | None = None) -> torch.Tensor:

@@ -140,6 +140,7 @@ def test_soft_targets_train_with_gradient_checkpointing(tmp_path):
     tree = tiny_recipe_tree(tmp_path)
     tree["model"]["llm"]["gradient_checkpointing"] = True
     tree["heads"]["emotion_loss"] = "soft"
+    tree["heads"]["va_in_emotion"] = True
     recipe = materialize(load_recipe(tree=tree), tmp_path)
     model, tokenizer = build_model(recipe)
     collate = Collator(PromptBuilder(tokenizer, recipe.data.labels, model.num_audio_tokens), AudioCache())
@@ -150,8 +151,9 @@ def test_soft_targets_train_with_gradient_checkpointing(tmp_path):
     model.train()
     losses = model(batch)
     losses["loss"].backward()
-    assert "kl" in losses and torch.isfinite(losses["kl"])
+    assert "kl" in losses and torch.isfinite(losses["kl"]) and torch.isfinite(losses["va"])
     assert any(p.grad is not None for n, p in model.named_parameters() if "lora_B" in n)
+    assert all(p.grad is not None for p in model.va_head.parameters())
     with torch.no_grad():
         train_scores = model.score_labels(batch)
         model.eval()
@@ -201,6 +203,31 @@ def test_emotion_loss_both_takes_the_lm_loss_from_the_label_scores(tiny):
     torch.testing.assert_close(losses["lm"], lm, atol=1e-5, rtol=1e-5)
     gold = batch["label_index"]
     torch.testing.assert_close(losses["kl"], -logp.gather(1, gold[:, None]).mean(), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("emotion_loss", ["lm", "both"])
+def test_va_in_emotion_batches_is_the_va_batch_loss_from_the_same_pass(tiny, emotion_loss):
+    """`heads.va_in_emotion` trains the VA head in emotion batches on the hidden states of
+    the pass that scores the label: the same loss as a `va` batch of those clips."""
+    model, _, _, collate, rows = tiny
+    model.emotion_loss, model.va_in_emotion = emotion_loss, True
+    try:
+        with torch.no_grad():
+            losses = model(collate(rows, "emotion"))
+            expected = model(collate(rows, "va"))["va"]
+            # a clip without VA targets is left out of the VA loss, and the key stays
+            partial = [dict(r) for r in rows]
+            partial[0].pop("valence")
+            got = model(collate(partial, "emotion"))["va"]
+            without = model(collate(rows[1:], "va"))["va"]
+            none = model(collate([{k: v for k, v in r.items() if k != "arousal"} for r in rows], "emotion"))
+    finally:
+        model.emotion_loss, model.va_in_emotion = "lm", False
+    torch.testing.assert_close(losses["va"], expected, atol=1e-5, rtol=1e-4)
+    weights = {"lm": 1.0, "kl": 1.0, "va": model.va_weight, "gender": model.gender_weight}
+    torch.testing.assert_close(losses["loss"], sum(weights[k] * v for k, v in losses.items() if k != "loss"))
+    torch.testing.assert_close(got, without, atol=1e-5, rtol=1e-4)
+    assert float(none["va"]) == 0.0
 
 
 def test_va_loss_ccc_mse_is_the_sum_of_both(tiny):

@@ -245,9 +245,10 @@ class DualEncoderLLM(nn.Module):
             total = total + self.va_weight * losses["va"]
         if want_gender:
             known = batch["gender"] >= 0
-            if known.any():
-                losses["gender"] = F.cross_entropy(self.gender_head(pooled[known]), batch["gender"][known])
-                total = total + self.gender_weight * losses["gender"]
+            logits = self.gender_head(pooled)
+            losses["gender"] = F.cross_entropy(logits[known], batch["gender"][known]) if known.any() \
+                else logits.sum() * 0  # as _va_loss: the same keys on every process
+            total = total + self.gender_weight * losses["gender"]
         losses["loss"] = total
         return losses
 

@@ -1,6 +1,7 @@
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -135,28 +136,61 @@ def test_a_crash_while_saving_keeps_the_previous_checkpoint(trained, monkeypatch
     assert model is not None
 
 
-@pytest.mark.slow
-@pytest.mark.slow
-def test_two_cpu_processes_end_with_identical_parameters(tmp_path, small_manifest):
+def train_on_two_processes(tmp_path, tree, timeout=600):
+    """Train ``tree`` under `accelerate launch` on two CPU processes (tests/ddp_train.py);
+    returns each rank's final and rank 0's initial trainable parameters."""
     import yaml
 
-    tree = tiny_recipe_tree(tmp_path / "run", small_manifest, train={"max_steps": 4, "lr": 1e-2})
     recipe_path = tmp_path / "recipe.yaml"
     recipe_path.write_text(yaml.safe_dump(tree))
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
            str(ROOT / "tests" / "ddp_train.py"), str(recipe_path), str(tmp_path)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        _, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:  # a hang: stop the ranks too, not only the launcher
+        os.killpg(proc.pid, signal.SIGKILL)
+        _, err = proc.communicate()
+        pytest.fail(f"the two processes did not finish within {timeout} s (a collective that one rank "
+                    f"never reached?):\n{err[-3000:]}")
+    assert proc.returncode == 0, err[-3000:]
     r0, r1 = load_file(tmp_path / "rank0.safetensors"), load_file(tmp_path / "rank1.safetensors")
-    init = load_file(tmp_path / "init0.safetensors")
     assert r0.keys() == r1.keys() and r0
     for k in r0:
         assert torch.equal(r0[k], r1[k]), k
+    init = load_file(tmp_path / "init0.safetensors")
     assert any(not torch.equal(r0[k], init[k]) for k in r0), "the run trained"
+    return r0, r1, init
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_end_with_identical_parameters(tmp_path, small_manifest):
+    tree = tiny_recipe_tree(tmp_path / "run", small_manifest, train={"max_steps": 4, "lr": 1e-2})
+    train_on_two_processes(tmp_path, tree)
     meta = json.loads((tmp_path / "world.json").read_text())
     assert meta == {"world_size": 2, "rows_per_rank": [4, 4]}  # data.batch_size per process
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_agree_when_metadata_is_known_for_some_clips_only(tmp_path, small_manifest):
+    """One known gender, votes and VA on some clips only: the ranks' shards differ in what
+    they know, and every rank must still log the same losses (one collective per key)."""
+    rows = [json.loads(line) for line in small_manifest.read_text().splitlines()]
+    for i, r in enumerate(rows):
+        r["gender"] = r["gender"] if i == 0 else None
+        if i % 3 == 0:
+            r["emotion_votes"] = {r["emotion"]: 2, "neutral": 1}
+        if i % 2:
+            r.pop("valence")
+    manifest = tmp_path / "mixed.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tree = tiny_recipe_tree(tmp_path / "run", manifest, train={"max_steps": 4, "lr": 1e-2},
+                            data={"tasks": {"emotion": 1.0, "va": 1.0}, "batch_size": 4},
+                            heads={"emotion_loss": "soft", "va_in_emotion": True})
+    train_on_two_processes(tmp_path, tree, timeout=240)
 
 
 def test_projector_lr_sets_the_rate_of_the_parts_trained_from_scratch(tmp_path, small_manifest):

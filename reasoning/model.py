@@ -261,25 +261,29 @@ class DualEncoderLLM(nn.Module):
         B, L = prompt_embeds.shape[0], cand.shape[0]
         ids = cand.repeat(B, 1)                                       # (B*L, C)
         cmask = cand_mask.repeat(B, 1)
-        full_mask = torch.cat([mask.repeat_interleave(L, 0), cmask], 1)
+        # A candidate's last token is scored but never fed: C - 1 continuation positions.
+        feed = ids[:, :-1]
+        full_mask = torch.cat([mask.repeat_interleave(L, 0), cmask[:, :-1]], 1)
         if self.training and self.llm.get_base_model().is_activation_checkpointing:
             # Checkpointing turns the KV cache off in training: score every "prompt + label"
             # sequence in one pass instead; each prompt's states repeat L times.
-            emb = torch.cat([prompt_embeds.repeat_interleave(L, 0), self.llm.get_input_embeddings()(ids)], 1)
-            out = self._run(emb, full_mask, output_hidden_states=pooled, logits_to_keep=ids.shape[1] + 1)
-            logits = out.logits[:, :-1].float()
+            emb = torch.cat([prompt_embeds.repeat_interleave(L, 0), self.llm.get_input_embeddings()(feed)], 1)
+            out = self._run(emb, full_mask, output_hidden_states=pooled, logits_to_keep=ids.shape[1])
+            logits = out.logits.float()
             first, rest = torch.log_softmax(logits[:, 0], -1), torch.log_softmax(logits[:, 1:], -1)
             every = L
         else:
             out = self._run(prompt_embeds, mask, use_cache=True, output_hidden_states=pooled, logits_to_keep=1)
-            cache = out.cache
-            cache.batch_repeat_interleave(L)
-            start = mask.long().sum(-1).repeat_interleave(L)[:, None]
-            positions = start + torch.arange(ids.shape[1], device=ids.device)[None, :]
-            cont = self.llm(input_ids=ids, attention_mask=full_mask, position_ids=positions,
-                            cache=cache, use_cache=True)
             first = torch.log_softmax(out.logits[:, -1].float(), -1).repeat_interleave(L, 0)  # (B*L, V)
-            rest = torch.log_softmax(cont.logits[:, :-1].float(), -1)                         # (B*L, C-1, V)
+            rest = first.new_zeros(first.shape[0], 0, first.shape[1])                          # (B*L, 0, V)
+            if feed.shape[1]:
+                cache = out.cache
+                cache.batch_repeat_interleave(L)
+                start = mask.long().sum(-1).repeat_interleave(L)[:, None]
+                positions = start + torch.arange(feed.shape[1], device=ids.device)[None, :]
+                cont = self.llm(input_ids=feed, attention_mask=full_mask, position_ids=positions,
+                                cache=cache, use_cache=True)
+                rest = torch.log_softmax(cont.logits.float(), -1)                             # (B*L, C-1, V)
             every = 1
         lp = torch.cat([first.gather(-1, ids[:, :1]), rest.gather(-1, ids[:, 1:, None]).squeeze(-1)], 1)
         seq = (lp * cmask).sum(-1).view(B, L)

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
@@ -49,7 +48,7 @@ from sklearn.preprocessing import StandardScaler
 from reasoning.audio import SAMPLE_RATE, load_audio
 from reasoning.errors import AudioError, UserError
 from reasoning.metrics import unweighted_recall
-from reasoning.files import file_mode
+from reasoning.files import atomic_file
 
 log = logging.getLogger(__name__)
 
@@ -179,16 +178,11 @@ class EgemapsCache:
         """Write the cache atomically (no-op in memory-only mode or when nothing changed)."""
         if self.path is None or not self._dirty:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         keys = list(self.entries)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.stem}.",
-                                   suffix=".npz")
-        with os.fdopen(fd, "wb") as f:
+        with atomic_file(self.path, "wb") as f:
             np.savez(f, feature_set=np.array(FEATURE_SET), keys=np.array(keys, dtype=str),
                      stamps=np.array([self.entries[k][0] for k in keys], dtype=np.int64),
                      values=np.stack([self.entries[k][1] for k in keys]))
-        os.chmod(tmp, file_mode())
-        os.replace(tmp, self.path)
         self._dirty = False
 
 

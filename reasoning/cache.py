@@ -23,11 +23,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from reasoning.files import atomic_file
 
 # Bumped whenever an encoder's output for the same clip and settings changes: 2 since Whisper's
 # trim policy gives each clip zeros past its end (60624da).
@@ -67,10 +68,8 @@ class EncoderCache:
         return torch.from_numpy(np.array(np.load(path, mmap_mode="r")))
 
     def put(self, clip: dict, features: torch.Tensor) -> None:
-        fd, tmp = tempfile.mkstemp(dir=self.dir, suffix=".npy.tmp")
-        with os.fdopen(fd, "wb") as f:
+        with atomic_file(self.dir / f"{clip_key(clip)}.npy", "wb") as f:
             np.save(f, features.detach().float().cpu().numpy())
-        os.replace(tmp, self.dir / f"{clip_key(clip)}.npy")
 
 
 def encode_with_cache(encoder, cache: EncoderCache, waves: torch.Tensor, lengths: torch.Tensor,

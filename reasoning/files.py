@@ -41,6 +41,27 @@ def atomic_dir(final: str | Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+@contextmanager
+def atomic_file(final: str | Path, mode: str = "w", encoding: str | None = "utf-8") -> Iterator:
+    """Yield a file object open on a temporary file beside ``final``; when the block ends
+    without an error the file is flushed to disk and renamed over ``final`` (with the mode a
+    plain ``open()`` would give it), otherwise it is removed. Readers see the old file or
+    the whole new one, never a part."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.tmp-")
+    try:
+        with os.fdopen(fd, mode, encoding=None if "b" in mode else encoding) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, file_mode())  # mkstemp makes it 0600 whatever the umask
+        os.replace(tmp, final)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

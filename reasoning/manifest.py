@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
 from reasoning.errors import ManifestError
+from reasoning.files import atomic_file
 
 MANIFEST_NAME = "manifest.jsonl"
 
@@ -90,10 +90,7 @@ def read_manifest(path: str | Path, resolve_audio: bool = True) -> list[dict]:
 def write_manifest(rows: Iterable[dict], path: str | Path) -> Path:
     """Write rows atomically (a temporary file renamed over the target)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
+    with atomic_file(path) as f:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
     return path

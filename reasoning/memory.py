@@ -647,7 +647,7 @@ def format_estimate(est: MemoryEstimate) -> str:
     prompts = sorted(set(L.prompt.values()))
     prompt = f"{prompts[0]}" if len(prompts) == 1 else f"{prompts[0]}-{prompts[-1]}"
     how = "counted with the tokenizer" if L.exact_prompt else \
-        f"text tokens estimated: no tokenizer on disk, see --prompt-tokens"
+        "text tokens estimated: no tokenizer on disk, see --prompt-tokens"
     lines += ["", f"batch: {L.batch} clips of {L.clip_seconds:g} s per process; prompt {prompt} tokens "
                   f"({L.audio_tokens} of them audio; {how}); target up to {max(L.target.values())} tokens; "
                   f"mixed precision {est.mixed_precision}", ""]

@@ -21,14 +21,12 @@ import importlib.metadata
 import json
 import logging
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from reasoning.files import file_mode
+from reasoning.files import atomic_file
 
 log = logging.getLogger(__name__)
 
@@ -80,11 +78,8 @@ def write_json(data: Mapping, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(_clean(json.loads(json.dumps(data, default=json_default))), indent=2,
                       allow_nan=False)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
+    with atomic_file(path) as f:
         f.write(text + "\n")
-    os.chmod(tmp, file_mode())  # mkstemp makes 0600; a report is meant to be shared
-    os.replace(tmp, path)
     return path
 
 

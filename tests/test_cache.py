@@ -1,5 +1,4 @@
 import pytest
-import torch
 
 from reasoning.builders import build_model, materialize
 from reasoning.config import load_recipe

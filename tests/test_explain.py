@@ -6,7 +6,6 @@ import soundfile as sf
 
 from reasoning.cli import main
 
-from conftest import SAMPLES
 
 
 def test_explain_a_folder_as_json(trained, tmp_path, capsys):

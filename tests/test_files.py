@@ -4,7 +4,7 @@ import stat
 import pytest
 
 from reasoning import files
-from reasoning.files import atomic_dir
+from reasoning.files import atomic_dir, atomic_file
 
 
 def test_atomic_dir_replaces_a_folder_only_once_the_new_one_is_whole(tmp_path):
@@ -48,3 +48,20 @@ def test_the_new_folder_follows_the_umask(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "shared").stat().st_mode) == 0o755
+
+
+def test_atomic_file_keeps_the_old_file_until_the_new_one_is_whole(tmp_path):
+    target = tmp_path / "rows.jsonl"
+    target.write_text("old\n")
+    with pytest.raises(RuntimeError):
+        with atomic_file(target) as f:
+            f.write("half of the new")
+            raise RuntimeError("killed")
+    assert target.read_text() == "old\n" and os.listdir(tmp_path) == ["rows.jsonl"]
+    old = os.umask(0o002)
+    try:
+        with atomic_file(target) as f:
+            f.write("new\n")
+    finally:
+        os.umask(old)
+    assert target.read_text() == "new\n" and stat.S_IMODE(target.stat().st_mode) == 0o664

@@ -4,13 +4,13 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
+
+from reasoning.files import atomic_file
 
 CARD_JSON = "card.json"
 CARD_MD = "card.md"
@@ -58,10 +58,8 @@ def duration_stats(durations: list[float]) -> dict | None:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
+    with atomic_file(path) as f:
         f.write(text)
-    os.replace(tmp, path)
 
 
 def _table(header: list[str], rows: list[list]) -> list[str]:

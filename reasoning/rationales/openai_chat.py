@@ -23,7 +23,6 @@ import http.client
 import json
 import logging
 import os
-import tempfile
 import threading
 import time
 import urllib.error
@@ -32,6 +31,7 @@ from pathlib import Path
 from typing import Sequence
 
 from reasoning.errors import UserError
+from reasoning.files import atomic_file
 from reasoning.rationales.base import RationaleRequest, WriterError, build_messages
 
 log = logging.getLogger(__name__)
@@ -96,10 +96,8 @@ class OpenAIWriter:
     def _cache_put(self, path: Path | None, body: dict, text: str) -> None:
         if path is None:
             return
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+        with atomic_file(path) as f:  # a killed run never leaves half a file
             json.dump({"request": body, "text": text}, f, ensure_ascii=False)
-        os.replace(tmp, path)  # atomic: a killed run never leaves half a file
 
     # -- HTTP ----------------------------------------------------------------------------
     def _post(self, body: dict) -> str:

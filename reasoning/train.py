@@ -39,6 +39,22 @@ def select_rows(rows: list[dict], splits: list[str]) -> list[dict]:
     return [r for r in rows if not splits or r.get("split") in splits]
 
 
+def check_launch(recipe: Recipe, kind: DistributedType, resume) -> None:
+    """Refuse, before any model is built, what this loop cannot do under the launcher's
+    distributed ``kind``."""
+    t = recipe.train
+    sharded = kind in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+    if kind == DistributedType.DEEPSPEED and t.grad_accum != 1:
+        raise RecipeError(f"train.grad_accum is {t.grad_accum}, but DeepSpeed accumulates by itself (its "
+                          "gradient_accumulation_steps) and steps at every backward: run with train.grad_accum=1.")
+    if sharded and resume:
+        raise RecipeError(f"resuming under {kind.value} is not supported: a checkpoint holds one process's "
+                          "optimizer shard only. Resume with DDP (recipes/accelerate/ddp.yaml), or start anew.")
+    if kind == DistributedType.FSDP and t.projector_lr is not None:
+        raise RecipeError("train.projector_lr is not supported under FSDP yet (its two parameter groups "
+                          "were not checked against DDP there): leave it unset, or train with DDP.")
+
+
 class TrainRecipe:
     """``setup()`` builds the parts in dependency order, ``train()`` loops,
     ``save_checkpoint()`` writes one, ``cleanup()`` ends the process group."""
@@ -69,6 +85,7 @@ class TrainRecipe:
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
         self.rank = self.accelerator.process_index
         self.world = self.accelerator.num_processes
+        check_launch(self.recipe, self.accelerator.distributed_type, self.resume)
         torch.manual_seed(t.seed)
 
     def _setup_output(self) -> None:
@@ -168,9 +185,6 @@ class TrainRecipe:
         # weights and may need a larger step (train.projector_lr).
         groups = [{"params": self.params, "lr": t.lr}]
         if t.projector_lr is not None:
-            if self.accelerator.distributed_type == DistributedType.FSDP:
-                raise RecipeError("train.projector_lr is not supported under FSDP yet (its two parameter groups "
-                                  "were not checked against DDP there): leave it unset, or train with DDP.")
             llm = {id(p) for p in self.part_names.get("llm", [])}
             groups = [{"params": [p for p in self.params if id(p) in llm], "lr": t.lr},
                       {"params": [p for p in self.params if id(p) not in llm], "lr": t.projector_lr}]

@@ -222,3 +222,21 @@ def test_resume_takes_no_value_so_an_override_after_it_stays_an_override():
     assert args.resume is True and args.overrides == ["train.epochs=2"] and args.resume_from is None
     args = parser.parse_args(["--config", "r.yaml", "--resume-from", "runs/x/checkpoint-000004"])
     assert args.resume_from == "runs/x/checkpoint-000004"
+
+
+@pytest.mark.parametrize("kind, overrides, resume, message", [
+    ("DEEPSPEED", {"grad_accum": 2}, False, "train.grad_accum=1"),
+    ("DEEPSPEED", {}, True, "resum"),
+    ("FSDP", {}, True, "resum"),
+    ("FSDP", {"projector_lr": 1e-3}, False, "projector_lr"),
+])
+def test_launch_traps_are_refused_before_anything_is_built(tmp_path, kind, overrides, resume, message):
+    from accelerate.utils import DistributedType
+
+    from reasoning.errors import RecipeError
+    from reasoning.train import check_launch
+
+    recipe = load_recipe(tree=tiny_recipe_tree(tmp_path, train=overrides))
+    with pytest.raises(RecipeError, match=message):
+        check_launch(recipe, DistributedType[kind], resume)
+    check_launch(recipe, DistributedType.MULTI_CPU, resume)  # DDP takes all of them

@@ -18,6 +18,8 @@ import json
 import logging
 from pathlib import Path
 
+from accelerate import PartialState
+
 from reasoning.checkpoint import STATE_FILE, list_checkpoints
 from reasoning.config import RECIPE_NAME, load_recipe
 from reasoning.errors import RecipeError
@@ -70,7 +72,9 @@ def run_benchmark(recipe, only_fold: str | None = None) -> dict:
         trainer = TrainRecipe(fold_recipe, resume=bool(list_checkpoints(run_dir)))
         trainer.setup()
         trainer.train()
-        trainer.cleanup()
+        trainer.cleanup(end_process_group=False)
+    if not PartialState().is_main_process:  # under `accelerate launch` the main process evaluates alone
+        return {}
     predictor, hashes = checkpoint_predictor(root, [f.name for f in folds])
     meta = {"manifest": str(Path(recipe.data.train_manifest).resolve()), "checkpoint": str(root.resolve()),
             "recipe_hash": hashes}
@@ -94,6 +98,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe, args.overrides)
     result = run_benchmark(recipe, args.fold)
+    if not result:  # another process of the launch evaluated and prints
+        return 0
     out = Path(recipe.train.output_dir) / EVAL_DIR
     print((out / TABLE_NAME).read_text(encoding="utf-8"))
     print(f"wrote {result['report']['metrics']} and the plots in {out / 'plots'}")

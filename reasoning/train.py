@@ -320,8 +320,14 @@ class TrainRecipe:
         acc.wait_for_everyone()
         return path
 
-    def cleanup(self) -> None:
-        self.accelerator.end_training()
+    def cleanup(self, end_process_group: bool = True) -> None:
+        """End the run; ``end_process_group=False`` keeps the processes' group for another
+        run in the same launch (the benchmark's next fold)."""
+        if end_process_group:
+            self.accelerator.end_training()
+        else:
+            for tracker in self.accelerator.trackers:
+                tracker.finish()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -23,6 +23,30 @@ SAMPLES = ROOT / "data" / "samples" / "manifest.jsonl"
 TINY = ROOT / "data" / "tiny"
 
 
+def launch_two_processes(args: list[str], timeout: float = 600) -> str:
+    """Run ``args`` (a script and its arguments, or ``-m module ...``) under `accelerate
+    launch` on two CPU processes; fails the test on a non-zero exit or a hang (then both
+    ranks are killed, not only the launcher). Returns stderr."""
+    import signal
+    import subprocess
+    import sys
+
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", *args]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        _, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        _, err = proc.communicate()
+        pytest.fail(f"the two processes did not finish within {timeout} s (a collective that one rank "
+                    f"never reached?):\n{err[-3000:]}")
+    assert proc.returncode == 0, err[-3000:]
+    return err
+
+
 def tiny_recipe_tree(out_dir: Path, manifest: Path = SAMPLES, **sections) -> dict:
     """The quickstart recipe as a dict, with absolute paths and small settings for tests.
     ``sections`` update whole sections' fields, e.g. ``train={"epochs": 2}``."""

@@ -6,7 +6,7 @@ import yaml
 from reasoning.cli import main
 from reasoning.manifest import read_manifest
 
-from conftest import SAMPLES, tiny_recipe_tree
+from conftest import SAMPLES, launch_two_processes, tiny_recipe_tree
 
 
 @pytest.mark.slow
@@ -41,3 +41,19 @@ def test_benchmark_trains_every_fold_and_reports_beside_the_baselines(tmp_path, 
     mtimes = {p: p.stat().st_mtime for p in run.glob("speaker-*/checkpoint-*/trainer_state.json")}
     assert main(["benchmark", str(recipe)]) == 0
     assert mtimes == {p: p.stat().st_mtime for p in run.glob("speaker-*/checkpoint-*/trainer_state.json")}
+
+
+@pytest.mark.slow
+def test_benchmark_on_two_processes_trains_every_fold(tmp_path):
+    """accelerate's end_training destroys the process group: a fold's cleanup must not,
+    or the second fold's first collective fails."""
+    run = tmp_path / "bench"
+    tree = tiny_recipe_tree(run, SAMPLES, train={"max_steps": 1})
+    tree["data"].update(train_split=[], eval_split=[], labels=[], tasks={"emotion": 1.0}, batch_size=2)
+    tree["eval"] = {"protocol": "loso", "baselines": ["majority"]}
+    recipe = tmp_path / "bench.yaml"
+    recipe.write_text(yaml.safe_dump(tree))
+    launch_two_processes(["-m", "reasoning.cli", "benchmark", str(recipe)], timeout=900)
+    assert len(list(run.glob("speaker-*/checkpoint-*"))) == 4
+    metrics = json.loads((run / "eval" / "metrics.json").read_text())
+    assert len(metrics["folds"]) == 4

@@ -1,9 +1,5 @@
 import json
-import os
 import shutil
-import signal
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -15,7 +11,7 @@ from reasoning.config import load_recipe
 from reasoning.explain import Explainer
 from reasoning.train import TrainRecipe
 
-from conftest import ROOT, tiny_recipe_tree
+from conftest import ROOT, launch_two_processes, tiny_recipe_tree
 
 
 def make_trainer(tmp_path, manifest, resume=False, **sections):
@@ -143,20 +139,7 @@ def train_on_two_processes(tmp_path, tree, timeout=600):
 
     recipe_path = tmp_path / "recipe.yaml"
     recipe_path.write_text(yaml.safe_dump(tree))
-    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           str(ROOT / "tests" / "ddp_train.py"), str(recipe_path), str(tmp_path)]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    try:
-        _, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:  # a hang: stop the ranks too, not only the launcher
-        os.killpg(proc.pid, signal.SIGKILL)
-        _, err = proc.communicate()
-        pytest.fail(f"the two processes did not finish within {timeout} s (a collective that one rank "
-                    f"never reached?):\n{err[-3000:]}")
-    assert proc.returncode == 0, err[-3000:]
+    launch_two_processes([str(ROOT / "tests" / "ddp_train.py"), str(recipe_path), str(tmp_path)], timeout)
     r0, r1 = load_file(tmp_path / "rank0.safetensors"), load_file(tmp_path / "rank1.safetensors")
     assert r0.keys() == r1.keys() and r0
     for k in r0:

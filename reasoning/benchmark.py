@@ -16,9 +16,9 @@ import argparse
 import copy
 import json
 import logging
+import os
 from pathlib import Path
 
-from accelerate import PartialState
 
 from reasoning.checkpoint import STATE_FILE, list_checkpoints
 from reasoning.config import RECIPE_NAME, load_recipe
@@ -73,7 +73,9 @@ def run_benchmark(recipe, only_fold: str | None = None) -> dict:
         trainer.setup()
         trainer.train()
         trainer.cleanup(end_process_group=False)
-    if not PartialState().is_main_process:  # under `accelerate launch` the main process evaluates alone
+    # Under `accelerate launch` (or torchrun) the main process evaluates alone; RANK is set
+    # by the launcher, whether or not a fold was trained in this launch.
+    if int(os.environ.get("RANK", 0)) != 0:
         return {}
     predictor, hashes = checkpoint_predictor(root, [f.name for f in folds])
     meta = {"manifest": str(Path(recipe.data.train_manifest).resolve()), "checkpoint": str(root.resolve()),

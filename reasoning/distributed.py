@@ -9,6 +9,8 @@ assembled from several models, so the training loop sets that attribute from
 
 from __future__ import annotations
 
+import torch
+import torch.distributed as dist
 from torch import nn
 
 # Names of the module lists that hold a transformer's repeated blocks (Whisper, WavLM,
@@ -33,3 +35,23 @@ def layer_classes(model: nn.Module) -> list[str]:
         if isinstance(module, nn.ModuleList) and name.rsplit(".", 1)[-1] in LAYER_LISTS:
             names.update(type(m).__name__ for m in module)
     return sorted(names & present)
+
+
+def gather_rows(x: torch.Tensor, fill: float = float("nan")) -> torch.Tensor:
+    """(n, ...) rows of this process -> the rows of every process, concatenated, with the
+    gradient flowing back to each process's own rows.
+
+    For losses that are not a mean over rows (CCC): computed on the gathered rows, every
+    process holds the loss of the whole global batch, and DDP's mean of the gradients is its
+    gradient. Shards may differ by a row, so shorter ones are padded with ``fill`` (NaN: the
+    VA loss drops rows whose targets are not finite).
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x
+    from torch.distributed.nn.functional import all_gather
+
+    sizes = [torch.zeros((), dtype=torch.long) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, torch.tensor(x.shape[0]))
+    most = int(max(sizes))
+    padded = torch.cat([x, x.new_full((most - x.shape[0], *x.shape[1:]), fill)]) if x.shape[0] < most else x
+    return torch.cat(all_gather(padded))

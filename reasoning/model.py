@@ -124,6 +124,7 @@ class DualEncoderLLM(nn.Module):
         self.gender_weight = gender_weight
         self.emotion_loss = emotion_loss
         self.va_in_emotion = va_in_emotion
+        self.gather = None  # rows of every process, for the VA loss (reasoning.distributed.gather_rows)
         self.caches: dict[str, EncoderCache] = {}  # encoder name -> its output cache (frozen encoders)
 
     @property
@@ -203,11 +204,15 @@ class DualEncoderLLM(nn.Module):
     def _va_loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The recipe's VA loss over the rows with both targets (NaN marks a missing one).
         Zero, still joined to the graph, when there is none: every process of a
-        distributed run then computes the same losses."""
+        distributed run then computes the same losses. ``gather`` (set by the training loop
+        when it runs several processes) gathers the rows of every process first: CCC over a
+        process's 4-8 clips is not the CCC of the batch."""
+        if self.gather is not None:
+            pred, target = self.gather(pred, fill=0.0), self.gather(target.to(pred.dtype))
         known = torch.isfinite(target).all(-1)
         if not known.any():
             return pred.sum() * 0
-        pred, target = pred[known], target[known].to(pred.dtype)
+        pred, target = pred[known], target[known]
         return (ccc_loss(pred, target) if "ccc" in self.va_loss else 0) + \
             (F.mse_loss(pred, target) if "mse" in self.va_loss else 0)
 

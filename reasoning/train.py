@@ -26,7 +26,7 @@ from reasoning.checkpoint import (list_checkpoints, load_trainable, load_trainin
 from reasoning.config import RECIPE_NAME, Recipe, describe_fields, load_recipe, save_recipe
 from reasoning.augment import build_augmenter
 from reasoning.data import VA_PROMPT_TASKS, AudioCache, Collator, PromptBuilder, TaskSchedule, task_target
-from reasoning.distributed import layer_classes
+from reasoning.distributed import gather_rows, layer_classes
 from reasoning.errors import RecipeError, UserError
 from reasoning.manifest import read_manifest
 
@@ -115,6 +115,8 @@ class TrainRecipe:
         torch.manual_seed(self.recipe.train.seed)
         self.model, self.tokenizer = build_model(self.recipe)
         self.model._no_split_modules = layer_classes(self.model)  # FSDP's wrap units (accelerate reads this)
+        if self.world > 1:
+            self.model.gather = gather_rows
         self.model.train()
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.part_names = {self.model.part_of(n): [] for n, _ in self.model.named_parameters()}

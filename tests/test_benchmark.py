@@ -53,7 +53,9 @@ def test_benchmark_on_two_processes_trains_every_fold(tmp_path):
     tree["eval"] = {"protocol": "loso", "baselines": ["majority"]}
     recipe = tmp_path / "bench.yaml"
     recipe.write_text(yaml.safe_dump(tree))
-    launch_two_processes(["-m", "reasoning.cli", "benchmark", str(recipe)], timeout=900)
-    assert len(list(run.glob("speaker-*/checkpoint-*"))) == 4
-    metrics = json.loads((run / "eval" / "metrics.json").read_text())
-    assert len(metrics["folds"]) == 4
+    for _ in range(2):  # the second launch finds every fold trained and only evaluates
+        err = launch_two_processes(["-m", "reasoning.cli", "benchmark", str(recipe)], timeout=900)
+        assert len(list(run.glob("speaker-*/checkpoint-*"))) == 4
+        metrics = json.loads((run / "eval" / "metrics.json").read_text())
+        assert len(metrics["folds"]) == 4
+        assert err.count("fold speaker-spk1: ") == 1  # one process evaluated

@@ -8,7 +8,7 @@ from reasoning.data import AudioCache, Collator, PromptBuilder
 from reasoning.manifest import read_manifest
 from reasoning.model import ccc, pool_frames
 
-from conftest import SAMPLES, tiny_recipe_tree
+from conftest import ROOT, SAMPLES, launch_two_processes, tiny_recipe_tree
 
 
 @pytest.fixture(scope="module")
@@ -245,3 +245,16 @@ def test_va_loss_ccc_mse_is_the_sum_of_both(tiny):
         finally:
             model.va_loss = "ccc"
     torch.testing.assert_close(got, ccc_loss(pred, batch["va"]) + F.mse_loss(pred, batch["va"]))
+
+
+@pytest.mark.slow
+def test_va_loss_over_two_processes_is_the_loss_of_the_whole_batch(tmp_path):
+    """CCC is not a mean over clips: each process's few clips must be gathered, or the loss
+    (and its gradient) is that of a batch of 3-4 instead of 7."""
+    import json
+
+    launch_two_processes([str(ROOT / "tests" / "ddp_ccc.py"), str(tmp_path)], timeout=300)
+    for rank in (0, 1):
+        got = json.loads((tmp_path / f"ccc{rank}.json").read_text())
+        assert got["split"] == pytest.approx(got["full"], rel=1e-6)
+        assert got["grad_gap"] < 1e-5

@@ -37,17 +37,46 @@ FIELDS: dict[str, Any] = {
     "rationale": None,
 }
 REQUIRED = ("id", "audio")
+# The JSON type of each key when it is not null. Checked where a manifest is read, so a
+# hand-edited line fails here with its line number instead of as a traceback in a later stage.
+TYPES = {"id": "string", "audio": "string", "start": "number", "end": "number",
+         "dataset": "string", "speaker": "string", "gender": "string", "transcript": "string",
+         "emotion": "string", "emotion_votes": "object", "valence": "number",
+         "arousal": "number", "dominance": "number", "va_source": "string", "split": "string",
+         "evidence": "object", "rationale": "object"}
+_ARTICLE = {"string": "a string", "number": "a number", "object": "an object"}
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, bool):  # a bool is an int to Python, never a number to JSON
+        return "boolean"
+    return {str: "string", int: "number", float: "number", dict: "object",
+            list: "array", type(None): "null"}[type(value)]
+
+
+def _expect(value: Any, kind: str, what: str, where: str) -> None:
+    if _json_type(value) != kind:
+        raise ManifestError(f"{where}: {what} must be {_ARTICLE[kind]}, got "
+                            f"{_json_type(value)} {json.dumps(value)[:60]}. Fix the line "
+                            "(DESIGN.md lists the manifest keys and their types).")
 
 
 def _check(row: dict, where: str) -> None:
     for key in REQUIRED:
         if not row.get(key):
             raise ManifestError(f"{where}: missing '{key}'. Every line needs 'id' and 'audio'.")
+    for key, kind in TYPES.items():
+        if row.get(key) is not None:
+            _expect(row[key], kind, f"'{key}'", where)
+    for label, count in (row.get("emotion_votes") or {}).items():
+        _expect(count, "number", f"'emotion_votes' count of {label!r}", where)
+    if (row.get("rationale") or {}).get("text") is not None:
+        _expect(row["rationale"]["text"], "string", "'rationale.text'", where)
     if row.get("gender") not in (None, "f", "m"):
         raise ManifestError(f"{where}: gender must be \"f\", \"m\" or null, got {row['gender']!r}.")
     for key in ("valence", "arousal", "dominance"):
         value = row.get(key)
-        if value is not None and not -1.0 <= float(value) <= 1.0:
+        if value is not None and not -1.0 <= value <= 1.0:
             raise ManifestError(f"{where}: {key}={value} is outside [-1, 1]. Map the corpus "
                                 "scale linearly (1..5 -> -1..1) when preparing.")
 

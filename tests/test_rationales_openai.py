@@ -226,3 +226,14 @@ def test_cli_openai(server, tmp_path, monkeypatch, capsys):
     assert (tmp_path / ".rationale_cache" / "openai").is_dir()
     assert main(["rationales", "--manifest", str(path), "--writer", "openai", "--base-url",
                  "localhost:1", "--model", "m"]) == 2
+
+
+@pytest.mark.parametrize("content", ['{"text": 42}', '["a list"]', '{"text": ""}', "{cut sh"])
+def test_an_unreadable_cache_file_is_refetched(server, tmp_path, caplog, content):
+    w = make(server, tmp_path)
+    assert w.write(request(), 0, []) == GOOD
+    (cached,) = (tmp_path / "cache").glob("*.json")
+    cached.write_text(content)
+    assert w.write(request(), 0, []) == GOOD and len(server.requests) == 2
+    assert "unreadable cache file" in caplog.text
+    assert json.loads(cached.read_text())["text"] == GOOD  # the refetched answer replaced it

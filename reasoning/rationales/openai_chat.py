@@ -88,10 +88,15 @@ class OpenAIWriter:
         if path is None or not path.is_file():
             return None
         try:
-            return json.loads(path.read_text(encoding="utf-8"))["text"]
-        except (json.JSONDecodeError, KeyError, OSError):
-            log.warning("openai writer: ignoring unreadable cache file %s", path)
-            return None
+            entry = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError, OSError):
+            entry = None
+        text = entry.get("text") if isinstance(entry, dict) else None
+        if isinstance(text, str) and text.strip():  # what _post would have accepted
+            return text
+        log.warning("openai writer: ignoring unreadable cache file %s; asking the endpoint "
+                    "again", path)
+        return None
 
     def _cache_put(self, path: Path | None, body: dict, text: str) -> None:
         if path is None:

@@ -273,3 +273,26 @@ def test_the_key_never_leaves_in_what_the_server_echoes(server, tmp_path, monkey
         assert KEY not in text, where
     assert "Bearer [redacted]" in path.read_text()
 
+
+def test_the_summary_credits_each_rationale_to_the_writer_that_wrote_it(server, tmp_path, capsys):
+    server.script = ["ok", "500"]
+    path = tmp_path / "m.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows(2)))
+    assert run_cli(server, path, "--retries", "0") == 0  # some requests worked: a usable run
+    out = capsys.readouterr().out
+    assert "2 written (openai 1, template 1 as fallback)" in out
+    assert "fallbacks after failed requests: 1; run again to retry those rows" in out
+    assert [json.loads(x)["rationale"]["writer"] for x in path.read_text().splitlines()] \
+        == ["openai", "template"]
+
+
+def test_a_run_whose_every_request_failed_exits_non_zero_and_keeps_the_manifest(server, tmp_path,
+                                                                              capsys):
+    server.script = ["500"]
+    path = tmp_path / "m.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows(2)))
+    before = path.read_text()
+    assert run_cli(server, path, "--retries", "0") == 1
+    err = capsys.readouterr().err
+    assert "every request of the openai writer failed" in err and str(path) in err
+    assert path.read_text() == before  # no template stand-ins written over it

@@ -175,6 +175,19 @@ def test_measure_manifest_scores_caches_and_reports(tmp_path, monkeypatch):
     assert summary["measured"] == 1
 
 
+def test_a_replaced_or_deleted_clip_is_not_taken_from_the_cache(tmp_path):
+    path = _manifest(tmp_path, SPECS[:3])
+    out, _ = measure_manifest(read_manifest(path, resolve_audio=False), base_dir=tmp_path,
+                              min_speaker_utterances=2)
+    write_wav(tmp_path / "low1.wav", speech(f0=240, n_syll=5))  # same name, another voice
+    (tmp_path / "mid.wav").unlink()
+    again, s = measure_manifest(out, base_dir=tmp_path, min_speaker_utterances=2)
+    assert (s["cached"], s["measured"], s["failed"]) == (1, 1, 1)
+    ev = {r["id"]: r["evidence"] for r in again}
+    assert ev["low1"]["values"]["f0_mean_hz"] == pytest.approx(240, rel=0.05)
+    assert "mid.wav" in ev["mid"]["error"]
+
+
 def test_cli_writes_evidence_and_reruns_from_cache(tmp_path, capsys):
     path = _manifest(tmp_path, SPECS[:3])
     out = tmp_path / "sub" / "with_evidence.jsonl"

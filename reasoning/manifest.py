@@ -6,10 +6,12 @@ Unknown keys are kept and written back unchanged, so every stage can add its own
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from reasoning.errors import ManifestError
 from reasoning.files import atomic_file
@@ -81,6 +83,14 @@ def _check(row: dict, where: str) -> None:
                                 "scale linearly (1..5 -> -1..1) when preparing.")
 
 
+def require_manifest(path: Path) -> None:
+    """Raise :class:`ManifestError` unless ``path`` is a file: checked before a stage locks
+    its manifest, so that a mistyped path fails without leaving a lock file or folder."""
+    if not path.is_file():
+        raise ManifestError(f"{path}: no such manifest. Run `emoreason prepare` first, or "
+                            "check the path.")
+
+
 def read_manifest(path: str | Path, resolve_audio: bool = True) -> list[dict]:
     """Read a manifest, fill absent keys with their defaults and check the contract.
 
@@ -88,9 +98,7 @@ def read_manifest(path: str | Path, resolve_audio: bool = True) -> list[dict]:
     manifest's folder. Raises :class:`ManifestError` naming the file and line.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ManifestError(f"{path}: no such manifest. Run `emoreason prepare` first, or "
-                            "check the path.")
+    require_manifest(path)
     rows, seen = [], {}
     with path.open(encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
@@ -123,3 +131,33 @@ def write_manifest(rows: Iterable[dict], path: str | Path) -> Path:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
     return path
+
+
+@contextmanager
+def locked_manifest(path: str | Path, stage: str) -> Iterator[Path]:
+    """Hold ``<manifest>.lock`` while ``stage`` reads, changes and writes the manifest.
+
+    Each stage writes back every row it read, so two stages rewriting one manifest at once
+    lose the earlier one's work without a word. The lock is advisory (``fcntl.flock`` on a
+    file beside the manifest, released by the system when the process dies). A second stage
+    refuses at once, naming the one that holds it, rather than waiting an unknown time
+    behind a run that can take hours. The lock file is left in place: removing it would race
+    with a stage that has just opened it.
+    """
+    path = Path(path)
+    lock = path.with_name(path.name + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)  # less the umask, like open()
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another stage"
+            raise ManifestError(f"{path}: {holder} is changing this manifest. Wait until it "
+                                "has finished, or write this stage's result elsewhere with "
+                                "--out.") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"`emoreason {stage}` (pid {os.getpid()})".encode(), 0)
+        yield path
+    finally:
+        os.close(fd)  # releases the lock

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from reasoning.errors import UserError
-from reasoning.manifest import read_manifest, write_manifest
+from reasoning.manifest import locked_manifest, read_manifest, require_manifest, write_manifest
 from reasoning.rationales.write import MAX_ATTEMPTS, WRITERS, write_rationales
 
 
@@ -101,19 +101,21 @@ def run(args: argparse.Namespace) -> int:
     if args.max_attempts < 1:
         raise UserError("--max-attempts must be at least 1")
     out_path = args.out or args.manifest
-    rows = read_manifest(args.manifest, resolve_audio=False)
-    if args.out and args.manifest.parent.resolve() != out_path.parent.resolve():
-        from reasoning.evidence.cli import rebase_audio_paths
-        rows = rebase_audio_paths(rows, args.manifest.parent, out_path.parent)
-    rows, summary = write_rationales(rows, args.writer, max_attempts=args.max_attempts,
-                                     force=args.force, progress=True,
-                                     **_writer_options(args, out_path))
-    print(format_summary(summary))
-    if summary["all_requests_failed"]:
-        print(f"emoreason rationales: every request of the {args.writer} writer failed (errors "
-              f"above); {out_path} was left as it was. Check the endpoint or model, then run "
-              "again.", file=sys.stderr)
-        return 1
-    write_manifest(rows, out_path)
+    require_manifest(args.manifest)
+    with locked_manifest(out_path, "rationales"):  # from the read to the write
+        rows = read_manifest(args.manifest, resolve_audio=False)
+        if args.out and args.manifest.parent.resolve() != out_path.parent.resolve():
+            from reasoning.evidence.cli import rebase_audio_paths
+            rows = rebase_audio_paths(rows, args.manifest.parent, out_path.parent)
+        rows, summary = write_rationales(rows, args.writer, max_attempts=args.max_attempts,
+                                         force=args.force, progress=True,
+                                         **_writer_options(args, out_path))
+        print(format_summary(summary))
+        if summary["all_requests_failed"]:
+            print(f"emoreason rationales: every request of the {args.writer} writer failed "
+                  f"(errors above); {out_path} was left as it was. Check the endpoint or "
+                  "model, then run again.", file=sys.stderr)
+            return 1
+        write_manifest(rows, out_path)
     print(f"  -> {out_path}")
     return 0

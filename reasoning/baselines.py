@@ -48,7 +48,7 @@ from sklearn.preprocessing import StandardScaler
 from reasoning.audio import SAMPLE_RATE, load_audio
 from reasoning.errors import AudioError, UserError
 from reasoning.metrics import unweighted_recall
-from reasoning.files import atomic_file
+from reasoning.files import atomic_file, file_stamp
 
 log = logging.getLogger(__name__)
 
@@ -121,11 +121,6 @@ def clip_key(row: Mapping) -> str:
     return f"{os.path.abspath(str(row['audio']))}|{start}|{end}"
 
 
-def _stamp(path: str) -> tuple[int, int]:
-    st = os.stat(path)
-    return st.st_size, st.st_mtime_ns
-
-
 class EgemapsCache:
     """eGeMAPS functionals per clip, kept in one ``.npz`` (``path=None``: memory only)."""
 
@@ -161,7 +156,7 @@ class EgemapsCache:
         key = clip_key(row)
         path = str(row["audio"])
         try:
-            stamp = _stamp(path)
+            stamp = file_stamp(path)
         except OSError as err:
             raise AudioError(f"{path}: no such audio file ({err.strerror}).") from err
         hit = self.entries.get(key)

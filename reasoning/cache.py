@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from reasoning.files import atomic_file
+from reasoning.files import atomic_file, file_stamp
 
 # Bumped whenever an encoder's output for the same clip and settings changes: 2 since Whisper's
 # trim policy gives each clip zeros past its end (60624da).
@@ -46,9 +45,8 @@ def encoder_key(name: str, config: dict, **settings) -> str:
 
 def clip_key(clip: dict) -> str:
     """A file name for one clip (audio path, start, end, size and modification time)."""
-    stat = os.stat(clip["audio"])
     return _digest([str(Path(clip["audio"]).resolve()), clip.get("start"), clip.get("end"),
-                    stat.st_size, stat.st_mtime_ns])
+                    *file_stamp(clip["audio"])])
 
 
 class EncoderCache:

@@ -1,4 +1,5 @@
-"""Writing files and folders so that a killed process never leaves half of one."""
+"""Writing files and folders so that a killed process never leaves half of one, and
+telling when a file the caches read has changed."""
 
 from __future__ import annotations
 
@@ -60,6 +61,14 @@ def atomic_file(final: str | Path, mode: str = "w", encoding: str | None = "utf-
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def file_stamp(path: str | Path) -> tuple[int, int]:
+    """``(size, mtime_ns)`` of a file: the content identity every cache of per-clip results
+    is keyed on. Far cheaper than hashing the audio, and a replaced, rewritten or cut file
+    changes it. Raises :class:`OSError` when the file is gone."""
+    st = os.stat(path)
+    return st.st_size, st.st_mtime_ns
 
 
 def _umask() -> int:

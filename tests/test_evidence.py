@@ -1,6 +1,8 @@
 """The evidence stage on synthesized signals whose pitch, loudness and pauses are known."""
 
 import json
+import os
+import threading
 
 import numpy as np
 import pytest
@@ -9,6 +11,7 @@ from evidence_synth import SR, speech, write_wav
 from reasoning.cli import main
 from reasoning.evidence import (EXTRACTOR_VERSION, add_zscores, find_emotion_words, lexical_evidence,
                                 load_lexicon, measure_acoustics, measure_manifest)
+from reasoning.evidence import cli as evidence_cli
 from reasoning.evidence import measure as measure_mod
 from reasoning.manifest import read_manifest, write_manifest
 
@@ -175,6 +178,19 @@ def test_measure_manifest_scores_caches_and_reports(tmp_path, monkeypatch):
     assert summary["measured"] == 1
 
 
+def test_a_replaced_or_deleted_clip_is_not_taken_from_the_cache(tmp_path):
+    path = _manifest(tmp_path, SPECS[:3])
+    out, _ = measure_manifest(read_manifest(path, resolve_audio=False), base_dir=tmp_path,
+                              min_speaker_utterances=2)
+    write_wav(tmp_path / "low1.wav", speech(f0=240, n_syll=5))  # same name, another voice
+    (tmp_path / "mid.wav").unlink()
+    again, s = measure_manifest(out, base_dir=tmp_path, min_speaker_utterances=2)
+    assert (s["cached"], s["measured"], s["failed"]) == (1, 1, 1)
+    ev = {r["id"]: r["evidence"] for r in again}
+    assert ev["low1"]["values"]["f0_mean_hz"] == pytest.approx(240, rel=0.05)
+    assert "mid.wav" in ev["mid"]["error"]
+
+
 def test_cli_writes_evidence_and_reruns_from_cache(tmp_path, capsys):
     path = _manifest(tmp_path, SPECS[:3])
     out = tmp_path / "sub" / "with_evidence.jsonl"
@@ -188,4 +204,35 @@ def test_cli_writes_evidence_and_reruns_from_cache(tmp_path, capsys):
     assert "measured 0, cached 3" in capsys.readouterr().out
     assert main(["evidence", "--manifest", str(tmp_path / "nope.jsonl")]) == 2
     assert "no such manifest" in capsys.readouterr().err
+    assert not (tmp_path / "nope.jsonl.lock").exists()  # a mistyped path leaves nothing behind
     assert main(["evidence", "--manifest", str(out), "--lexicon", str(tmp_path / "x.tsv")]) == 2
+
+
+def test_two_stages_on_one_manifest_do_not_overwrite_each_other(tmp_path, monkeypatch, capsys):
+    path = _manifest(tmp_path, SPECS[:3])
+    assert main(["evidence", "--manifest", str(path), "--min-speaker-utterances", "2"]) == 0
+    started, release, codes = threading.Event(), threading.Event(), []
+    real = evidence_cli.measure_manifest
+
+    def slow(*args, **kwargs):  # an `evidence --force` that is still measuring
+        started.set()
+        release.wait(10)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(evidence_cli, "measure_manifest", slow)
+    evidence = threading.Thread(target=lambda: codes.append(main(
+        ["evidence", "--manifest", str(path), "--force", "--min-speaker-utterances", "2"])))
+    evidence.start()
+    assert started.wait(10)
+    try:
+        code = main(["rationales", "--manifest", str(path)])
+    finally:
+        release.set()
+        evidence.join(30)
+    err = capsys.readouterr().err
+    assert codes == [0]
+    lost = code == 0 and not any(r["rationale"] for r in read_manifest(path))
+    assert not lost, "rationales exited 0, then evidence wrote the manifest it had read over them"
+    assert code == 2 and f"{path}: `emoreason evidence` (pid {os.getpid()}) is changing" in err
+    assert main(["rationales", "--manifest", str(path)]) == 0  # once evidence is done
+    assert all(r["rationale"]["verdict"] == "pass" for r in read_manifest(path))

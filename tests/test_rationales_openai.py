@@ -26,7 +26,8 @@ def evidence():
 class Server:
     """Speaks POST /v1/chat/completions. ``script`` says how to answer each request in
     turn (the last entry repeats): ok, 500, 503-retry-after, 401, timeout, malformed,
-    no-choices, empty."""
+    no-choices, empty, and echo-500, echo-malformed, echo-ok, which send the request
+    headers back (as a careless proxy or a debugging server does)."""
 
     def __init__(self):
         self.script, self.requests, self.inflight, self.max_inflight = ["ok"], [], 0, 0
@@ -69,11 +70,19 @@ class Server:
                         return self._send(503, {"error": {"message": "busy"}}, [("Retry-After", "0")])
                     if action == "401":
                         return self._send(401, {"error": {"message": "invalid api key"}})
+                    echo = "".join(f"{k}: {v}\n" for k, v in sorted(self.headers.items()))
+                    if action == "echo-500":
+                        return self._send(500, f"bad request; you sent:\n{echo}".encode(),
+                                          [("Retry-After", "0")])
+                    if action == "echo-malformed":
+                        return self._send(200, f"<html>{echo}</html>".encode())
                     if action == "malformed":
                         return self._send(200, b"{not json")
                     if action == "no-choices":
                         return self._send(200, {"id": "x", "object": "chat.completion"})
                     content = "" if action == "empty" else server.answer
+                    if action == "echo-ok":
+                        content += " " + echo
                     self._send(200, {
                         "id": f"chatcmpl-{n}", "object": "chat.completion", "created": 0,
                         "model": body["model"],
@@ -226,3 +235,64 @@ def test_cli_openai(server, tmp_path, monkeypatch, capsys):
     assert (tmp_path / ".rationale_cache" / "openai").is_dir()
     assert main(["rationales", "--manifest", str(path), "--writer", "openai", "--base-url",
                  "localhost:1", "--model", "m"]) == 2
+
+
+@pytest.mark.parametrize("content", ['{"text": 42}', '["a list"]', '{"text": ""}', "{cut sh"])
+def test_an_unreadable_cache_file_is_refetched(server, tmp_path, caplog, content):
+    w = make(server, tmp_path)
+    assert w.write(request(), 0, []) == GOOD
+    (cached,) = (tmp_path / "cache").glob("*.json")
+    cached.write_text(content)
+    assert w.write(request(), 0, []) == GOOD and len(server.requests) == 2
+    assert "unreadable cache file" in caplog.text
+    assert json.loads(cached.read_text())["text"] == GOOD  # the refetched answer replaced it
+
+
+def run_cli(server, path, *flags):
+    return main(["rationales", "--manifest", str(path), "--writer", "openai", "--base-url",
+                 server.url, "--model", "teacher-1", "--api-key-env", "EMOREASON_TEST_KEY",
+                 "--concurrency", "1", *flags])
+
+
+def test_the_key_never_leaves_in_what_the_server_echoes(server, tmp_path, monkeypatch, capsys,
+                                                        caplog):
+    monkeypatch.setenv("EMOREASON_TEST_KEY", KEY)
+    caplog.set_level(logging.DEBUG)
+    # Two rows get only echoed errors (3 attempts x 2 tries each), the third an answer that
+    # echoes the headers in its text.
+    server.script = ["echo-500", "echo-malformed"] * 6 + ["echo-ok"]
+    path = tmp_path / "m.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows(3)))
+    run_cli(server, path, "--retries", "1")
+    out, err = capsys.readouterr()
+    assert server.requests[0]["auth"] == f"Bearer {KEY}"  # it was sent, and echoed
+    assert "HTTP 500" in caplog.text and "malformed answer" in out + path.read_text()
+    stored = [p.read_text() for p in tmp_path.rglob("*") if p.is_file()]
+    for where, text in [("stdout", out), ("stderr", err), ("log", caplog.text)] + [
+            ("file", t) for t in stored]:
+        assert KEY not in text, where
+    assert "Bearer [redacted]" in path.read_text()
+
+
+def test_the_summary_credits_each_rationale_to_the_writer_that_wrote_it(server, tmp_path, capsys):
+    server.script = ["ok", "500"]
+    path = tmp_path / "m.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows(2)))
+    assert run_cli(server, path, "--retries", "0") == 0  # some requests worked: a usable run
+    out = capsys.readouterr().out
+    assert "2 written (openai 1, template 1 as fallback)" in out
+    assert "fallbacks after failed requests: 1; run again to retry those rows" in out
+    assert [json.loads(x)["rationale"]["writer"] for x in path.read_text().splitlines()] \
+        == ["openai", "template"]
+
+
+def test_a_run_whose_every_request_failed_exits_non_zero_and_keeps_the_manifest(server, tmp_path,
+                                                                              capsys):
+    server.script = ["500"]
+    path = tmp_path / "m.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows(2)))
+    before = path.read_text()
+    assert run_cli(server, path, "--retries", "0") == 1
+    err = capsys.readouterr().err
+    assert "every request of the openai writer failed" in err and str(path) in err
+    assert path.read_text() == before  # no template stand-ins written over it

@@ -5,7 +5,8 @@
 
     evidence = {
       "version":  "emoreason-evidence-1+opensmile-2.6.0+parselmouth-0.4.7",  # cache key
-      "measured": {"audio": ..., "start": ..., "end": ...},   # what was measured (cache key)
+      "measured": {"audio": ..., "start": ..., "end": ...,    # what was measured (cache key):
+                   "size": bytes, "mtime_ns": int},         # the file's content identity
       "values": {
         "duration_s":     clip length (s)
         "speech_s":       phonation time: first to last sounding frame, minus pauses (s)
@@ -39,8 +40,9 @@ How each value is measured is in :mod:`reasoning.evidence.acoustic`; the baselin
 (``MIN_SPEAKER_UTTERANCES``) in :func:`add_zscores`; the lexicon and negation in
 :mod:`reasoning.evidence.lexical`.
 
-Caching: the acoustic values are kept when ``version`` and ``measured`` match the row, so a
-re-run measures only new or changed utterances (``--force`` measures all). The lexical part,
+Caching: the acoustic values are kept when ``version`` and ``measured`` match the row and its
+file (size and modification time, :func:`reasoning.files.file_stamp`), so a re-run measures
+only new, replaced or changed utterances (``--force`` measures all). The lexical part,
 ``word_rate`` and the z-scores are recomputed on every run: they depend on the transcript
 and on the other rows of the manifest, and cost nothing.
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from reasoning.errors import UserError
 from reasoning.evidence.lexical import DEFAULT_LEXICON
 from reasoning.evidence.measure import MIN_SPEAKER_UTTERANCES, measure_manifest
-from reasoning.manifest import read_manifest, write_manifest
+from reasoning.manifest import locked_manifest, read_manifest, require_manifest, write_manifest
 
 log = logging.getLogger(__name__)
 
@@ -46,17 +46,20 @@ def run(args: argparse.Namespace) -> int:
                         "standard deviation).")
     src = args.manifest
     out_path = args.out or src
-    rows = rebase_audio_paths(read_manifest(src, resolve_audio=False), src.parent, out_path.parent)
-    base_dir = out_path.parent
+    require_manifest(src)
 
     def checkpoint(partial: list[dict]) -> None:
         write_manifest(partial, out_path)
         log.info("evidence: checkpoint written to %s", out_path)
 
-    rows, s = measure_manifest(rows, base_dir=base_dir, force=args.force, lexicon=args.lexicon,
-                               min_speaker_utterances=args.min_speaker_utterances,
-                               checkpoint=checkpoint, progress=True)
-    write_manifest(rows, out_path)
+    with locked_manifest(out_path, "evidence"):  # from the read to the last write
+        rows = rebase_audio_paths(read_manifest(src, resolve_audio=False), src.parent,
+                                  out_path.parent)
+        rows, s = measure_manifest(rows, base_dir=out_path.parent, force=args.force,
+                                   lexicon=args.lexicon,
+                                   min_speaker_utterances=args.min_speaker_utterances,
+                                   checkpoint=checkpoint, progress=True)
+        write_manifest(rows, out_path)
     print(f"evidence: {s['rows']} rows -> {out_path}")
     print(f"  measured {s['measured']}, cached {s['cached']}, failed {s['failed']}")
     print(f"  silent {s['silent']}, unvoiced {s['unvoiced']}, no transcript "

@@ -15,6 +15,7 @@ from reasoning.audio import SAMPLE_RATE, load_audio
 from reasoning.errors import UserError
 from reasoning.evidence.acoustic import ACOUSTIC_FEATURES, measure_acoustics
 from reasoning.evidence.lexical import DEFAULT_LEXICON, lexical_evidence
+from reasoning.files import file_stamp
 
 log = logging.getLogger(__name__)
 
@@ -40,26 +41,37 @@ def _clean(x) -> float | None:
     return round(x, 4) if math.isfinite(x) else None
 
 
-def _cache_key(row: dict) -> dict:
+def _clip(row: dict) -> dict:
     return {"audio": row["audio"], "start": row.get("start"), "end": row.get("end")}
 
 
-def _cached(row: dict) -> dict | None:
+def _audio_path(row: dict, base_dir: Path | None) -> Path:
+    audio = Path(row["audio"])
+    return base_dir / audio if not audio.is_absolute() and base_dir is not None else audio
+
+
+def _cache_key(row: dict, base_dir: Path | None) -> dict:
+    """The clip and its file's content identity: a clip replaced or deleted under the same
+    path is not taken from the cache. Raises :class:`OSError` when the file is gone."""
+    size, mtime_ns = file_stamp(_audio_path(row, base_dir))
+    return {**_clip(row), "size": size, "mtime_ns": mtime_ns}
+
+
+def _cached(row: dict, base_dir: Path | None) -> dict | None:
     old = row.get("evidence")
-    if (isinstance(old, dict) and old.get("version") == EXTRACTOR_VERSION
-            and old.get("measured") == _cache_key(row) and not old.get("error")
-            and isinstance(old.get("values"), dict)):
-        return old
-    return None
+    if not (isinstance(old, dict) and old.get("version") == EXTRACTOR_VERSION
+            and not old.get("error") and isinstance(old.get("values"), dict)):
+        return None
+    try:
+        return old if old.get("measured") == _cache_key(row, base_dir) else None
+    except OSError:  # the file is gone: measuring it again reports why
+        return None
 
 
 def _measure_one(row: dict, base_dir: Path | None) -> dict:
-    audio = Path(row["audio"])
-    if not audio.is_absolute() and base_dir is not None:
-        audio = base_dir / audio
-    wave = load_audio(audio, row.get("start"), row.get("end"))
+    wave = load_audio(_audio_path(row, base_dir), row.get("start"), row.get("end"))
     values, flags = measure_acoustics(wave, SAMPLE_RATE)
-    return {"version": EXTRACTOR_VERSION, "measured": _cache_key(row),
+    return {"version": EXTRACTOR_VERSION, "measured": _cache_key(row, base_dir),
             "values": {k: _clean(values[k]) for k in ACOUSTIC_FEATURES},
             "flags": flags, "error": None}
 
@@ -149,7 +161,8 @@ def measure_manifest(
 
     Rows keep all their keys; ``evidence`` is (re)written as the package docstring
     describes. Utterances already measured with :data:`EXTRACTOR_VERSION` from the same
-    audio/start/end are not measured again unless ``force``. Relative ``audio`` paths are
+    audio/start/end, with the file's size and modification time unchanged, are not measured
+    again unless ``force``. Relative ``audio`` paths are
     taken relative to ``base_dir`` (the manifest's folder). A row whose audio cannot be
     read gets ``evidence.error`` (the message) and is counted, and the run goes on.
     ``checkpoint(rows)`` is called every ``checkpoint_every`` measured rows, so that an
@@ -158,7 +171,7 @@ def measure_manifest(
     base = Path(base_dir) if base_dir is not None else None
     out = [dict(r) for r in rows]
     summary = {"rows": len(out), "measured": 0, "cached": 0, "failed": 0, "errors": []}
-    todo = [r for r in out if force or _cached(r) is None]
+    todo = [r for r in out if force or _cached(r, base) is None]
     summary["cached"] = len(out) - len(todo)
     iterator = todo
     if progress:
@@ -171,7 +184,7 @@ def measure_manifest(
         except (UserError, RuntimeError, ValueError, OSError) as err:
             # parselmouth.PraatError is a RuntimeError; a bad clip must not stop the corpus.
             log.warning("evidence: row %r: %s", row["id"], err)
-            row["evidence"] = {"version": EXTRACTOR_VERSION, "measured": _cache_key(row),
+            row["evidence"] = {"version": EXTRACTOR_VERSION, "measured": _clip(row),
                                "values": None, "flags": ["error"], "error": str(err)}
             summary["failed"] += 1
             summary["errors"].append({"id": row["id"], "error": str(err)})

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from reasoning.errors import UserError
-from reasoning.manifest import read_manifest, write_manifest
+from reasoning.manifest import locked_manifest, read_manifest, require_manifest, write_manifest
 from reasoning.rationales.write import MAX_ATTEMPTS, WRITERS, write_rationales
 
 
@@ -63,8 +64,10 @@ def _writer_options(args: argparse.Namespace, out_path: Path) -> dict:
 
 def format_summary(s: dict) -> str:
     """The summary printed at the end of a run."""
-    lines = [f"rationales: {s['rows']} rows, {s['written']} written by {s['writer']}, "
-             f"{s['kept']} kept from an earlier run, "
+    by = ", ".join(f"{name} {n}" + (" as fallback" if name != s["writer"] else "")
+                   for name, n in sorted(s["written_by"].items()))
+    lines = [f"rationales: {s['rows']} rows, {s['written']} written"
+             + (f" ({by})" if by else "") + f", {s['kept']} kept from an earlier run, "
              f"{sum(s['skipped'].values())} skipped"
              + (f" ({', '.join(f'{k} {v}' for k, v in sorted(s['skipped'].items()))})"
                 if s["skipped"] else "")]
@@ -75,6 +78,9 @@ def format_summary(s: dict) -> str:
     lines.append(f"  final: {s['final_pass']}/{s['rationales']} pass; writers "
                  + ", ".join(f"{k} {v}" for k, v in sorted(s["final_writers"].items()))
                  + f"; {s['fallbacks']} template fallbacks")
+    if s["fell_back_after_errors"]:
+        lines.append(f"  fallbacks after failed requests: {s['fell_back_after_errors']}; run "
+                     "again to retry those rows")
     lines.append(f"  claims per rationale (cues and quotes): {s['claims_per_rationale']:.2f}")
     lines.append("  cues cited: " + ", ".join(f"{k} {v}" for k, v in s["cue_counts"].items()))
     for e in s["errors"][:10]:
@@ -85,18 +91,31 @@ def format_summary(s: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Write rationales, save the manifest, print the summary."""
+    """Write rationales, save the manifest, print the summary.
+
+    Exits 1, leaving the manifest as it was, when every request of the writer failed: a
+    manifest of template stand-ins is not what was asked for (and ``--force`` would replace
+    good rationales with them). When only some failed it exits 0: every row has a verified
+    rationale, and the rows that fell back are retried by the next run.
+    """
     if args.max_attempts < 1:
         raise UserError("--max-attempts must be at least 1")
     out_path = args.out or args.manifest
-    rows = read_manifest(args.manifest, resolve_audio=False)
-    if args.out and args.manifest.parent.resolve() != out_path.parent.resolve():
-        from reasoning.evidence.cli import rebase_audio_paths
-        rows = rebase_audio_paths(rows, args.manifest.parent, out_path.parent)
-    rows, summary = write_rationales(rows, args.writer, max_attempts=args.max_attempts,
-                                     force=args.force, progress=True,
-                                     **_writer_options(args, out_path))
-    write_manifest(rows, out_path)
-    print(format_summary(summary))
+    require_manifest(args.manifest)
+    with locked_manifest(out_path, "rationales"):  # from the read to the write
+        rows = read_manifest(args.manifest, resolve_audio=False)
+        if args.out and args.manifest.parent.resolve() != out_path.parent.resolve():
+            from reasoning.evidence.cli import rebase_audio_paths
+            rows = rebase_audio_paths(rows, args.manifest.parent, out_path.parent)
+        rows, summary = write_rationales(rows, args.writer, max_attempts=args.max_attempts,
+                                         force=args.force, progress=True,
+                                         **_writer_options(args, out_path))
+        print(format_summary(summary))
+        if summary["all_requests_failed"]:
+            print(f"emoreason rationales: every request of the {args.writer} writer failed "
+                  f"(errors above); {out_path} was left as it was. Check the endpoint or "
+                  "model, then run again.", file=sys.stderr)
+            return 1
+        write_manifest(rows, out_path)
     print(f"  -> {out_path}")
     return 0

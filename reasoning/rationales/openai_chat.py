@@ -3,7 +3,10 @@
 * ``base_url`` is the API root (``https://api.openai.com/v1``, ``http://localhost:8000/v1``
   for vLLM or llama.cpp servers); requests go to ``{base_url}/chat/completions``.
 * The API key is read from the environment variable named by ``api_key_env`` and sent as
-  ``Authorization: Bearer``; it is never logged, cached or put in an error message. With the
+  ``Authorization: Bearer``; it is never logged, cached or put in an error message. A proxy
+  or a debugging server may echo the request headers back, so every text that comes from
+  the server (error bodies, malformed answers, network errors, the answer itself) has the
+  key and any ``Bearer`` token redacted before it is logged, raised or stored. With the
   variable unset no header is sent (local servers need none).
 * Retries: a timeout, a network error, HTTP 408/409/425/429/5xx or a malformed answer
   (not JSON, no ``choices[0].message.content``, empty text) is retried up to ``retries``
@@ -23,6 +26,7 @@ import http.client
 import json
 import logging
 import os
+import re
 import threading
 import time
 import urllib.error
@@ -38,6 +42,7 @@ log = logging.getLogger(__name__)
 
 RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 MAX_RETRY_AFTER_S = 60.0
+_BEARER = re.compile(r"(Bearer\s+)\S+", re.IGNORECASE)
 
 
 class _Retryable(Exception):
@@ -88,10 +93,15 @@ class OpenAIWriter:
         if path is None or not path.is_file():
             return None
         try:
-            return json.loads(path.read_text(encoding="utf-8"))["text"]
-        except (json.JSONDecodeError, KeyError, OSError):
-            log.warning("openai writer: ignoring unreadable cache file %s", path)
-            return None
+            entry = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError, OSError):
+            entry = None
+        text = entry.get("text") if isinstance(entry, dict) else None
+        if isinstance(text, str) and text.strip():  # what _post would have accepted
+            return text
+        log.warning("openai writer: ignoring unreadable cache file %s; asking the endpoint "
+                    "again", path)
+        return None
 
     def _cache_put(self, path: Path | None, body: dict, text: str) -> None:
         if path is None:
@@ -100,6 +110,13 @@ class OpenAIWriter:
             json.dump({"request": body, "text": text}, f, ensure_ascii=False)
 
     # -- HTTP ----------------------------------------------------------------------------
+    def _redact(self, text: str) -> str:
+        """Server text without the key; the ``Bearer`` pattern also catches a key that the
+        server itself cut short."""
+        if self._key:
+            text = text.replace(self._key, "[redacted]")
+        return _BEARER.sub(r"\1[redacted]", text)
+
     def _post(self, body: dict) -> str:
         data = json.dumps(body).encode()
         headers = {"Content-Type": "application/json"}
@@ -113,7 +130,7 @@ class OpenAIWriter:
                 raw = resp.read()
         except urllib.error.HTTPError as err:
             try:
-                detail = err.read()[:200].decode(errors="replace").strip()
+                detail = self._redact(err.read().decode(errors="replace")).strip()[:200]
             except (OSError, AttributeError):
                 detail = ""
             msg = f"HTTP {err.code} from {self.url}" + (f": {detail}" if detail else "")
@@ -128,16 +145,17 @@ class OpenAIWriter:
                               "the model name and the API key)") from err
         except (OSError, http.client.HTTPException) as err:
             # URLError, timeouts, resets, TLS errors and answers cut short mid-body.
-            reason = getattr(err, "reason", err)
+            reason = self._redact(str(getattr(err, "reason", err)))  # may quote the server
             raise _Retryable(f"no answer from {self.url} ({reason or 'timed out'})") from err
         try:
             answer = json.loads(raw)
             text = answer["choices"][0]["message"]["content"]
         except (json.JSONDecodeError, UnicodeDecodeError, KeyError, IndexError, TypeError) as err:
-            raise _Retryable(f"malformed answer from {self.url}: {raw[:120]!r}") from err
+            shown = self._redact(raw.decode(errors="replace"))[:120]
+            raise _Retryable(f"malformed answer from {self.url}: {shown!r}") from err
         if not isinstance(text, str) or not text.strip():
             raise _Retryable(f"empty answer from {self.url}")
-        return text
+        return self._redact(text)
 
     def _post_with_retries(self, body: dict) -> str:
         for k in range(self.retries + 1):

@@ -106,7 +106,9 @@ def write_rationales(rows: list[dict], writer: str | Writer = "template", *,
     evidence (run ``emoreason evidence`` first), evidence that failed, or no gold emotion;
     their ``rationale`` is left as it was. Unless ``force``, a row whose rationale came from
     the same writer and still passes the verifier is kept. Returns ``(new_rows, summary)``;
-    the summary has per-writer pass rates, claims per rationale and cue citation counts.
+    the summary has per-writer pass rates, claims per rationale and cue citation counts,
+    ``written_by`` (rows written this run per writer that really wrote them, fallbacks
+    included), ``fell_back_after_errors`` and ``all_requests_failed``.
     """
     if max_attempts < 1:
         raise ValueError("max_attempts must be at least 1")
@@ -142,8 +144,13 @@ def write_rationales(rows: list[dict], writer: str | Writer = "template", *,
             row["rationale"] = rationale
             tally.update(t)
     summary = summarize(out, tally)
+    written = [row["rationale"] for row in todo]
     summary.update(rows=len(out), written=len(todo), kept=kept, skipped=dict(skipped),
-                   writer=w.name)
+                   writer=w.name, written_by=dict(Counter(r["writer"] for r in written)),
+                   fell_back_after_errors=sum(r["fallback"] and bool(r["errors"]) for r in written),
+                   # The writer did not answer once: its run produced nothing of its own.
+                   all_requests_failed=tally[(w.name, "errors")] > 0
+                   and tally[(w.name, "candidates")] == 0)
     return out, summary
 
 

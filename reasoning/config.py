@@ -56,13 +56,13 @@ class SpeechEncoderConfig:
     freeze: bool = _f(True, "Keep the Whisper encoder frozen (only its projector trains).")
     layer: int = _f(-1, "Whisper hidden layer fed to the projector: 0 = the convolutions, i = the output of layer i, -1 = the final output. Layers above it are not run.")
     mel_policy: str = _f("trim", "`trim`: pad mel frames only to the longest clip of the batch (short clips cost little); `pad30`: pad every clip to Whisper's 30 s window, as in pre-training.")
-    max_seconds: float = _f(30.0, "Clips longer than this are cut to their first `max_seconds` with a warning (Whisper's window is 30 s).")
+    max_seconds: float | None = _f(None, "Null: clips are used whole, and Whisper encodes a clip longer than its 30 s window in 30 s windows whose frames are joined. A number: clips are cut to their first `max_seconds` (after augmentation) with a warning, and clips longer than it are left out of the asr task, whose transcript covers the whole clip.")
 
     def __post_init__(self) -> None:
         if self.mel_policy not in ("trim", "pad30"):
             raise RecipeError(f"model.speech.mel_policy: {self.mel_policy!r} is not one of trim, pad30.")
-        if not 0 < self.max_seconds <= 30:
-            raise RecipeError("model.speech.max_seconds must be in (0, 30]: Whisper's encoder window is 30 s.")
+        if self.max_seconds is not None and not self.max_seconds > 0:
+            raise RecipeError("model.speech.max_seconds must be above 0, or null to use clips whole.")
 
 
 @dataclass

@@ -140,12 +140,20 @@ class PromptBuilder:
         return ids, mask
 
 
+def cut_clip(wave: np.ndarray, max_seconds: float | None, name: str) -> np.ndarray:
+    """The first ``max_seconds`` of ``wave`` (all of it when None), with a warning when cut."""
+    if max_seconds is None or len(wave) <= max_seconds * SAMPLE_RATE:
+        return wave
+    log.warning("%s: %.1f s is longer than model.speech.max_seconds; using the first %.1f s",
+                name, len(wave) / SAMPLE_RATE, max_seconds)
+    return wave[: int(max_seconds * SAMPLE_RATE)]
+
+
 class AudioCache:
     """Decoded clips, kept in memory after the first read (the bundled and test sets are
     small; a large corpus should use the encoder-output cache instead)."""
 
-    def __init__(self, max_seconds: float = 30.0, keep: bool = True):
-        self.max_samples = int(max_seconds * SAMPLE_RATE)
+    def __init__(self, keep: bool = True):
         self.keep = keep
         self._waves: dict[tuple, np.ndarray] = {}
 
@@ -154,11 +162,6 @@ class AudioCache:
         wave = self._waves.get(key)
         if wave is None:
             wave = load_audio(row["audio"], row.get("start"), row.get("end"))
-            if len(wave) > self.max_samples:
-                log.warning("%s: %.1f s is longer than the %.0f s encoder window; using the first %.0f s",
-                            row["audio"], len(wave) / SAMPLE_RATE, self.max_samples / SAMPLE_RATE,
-                            self.max_samples / SAMPLE_RATE)
-                wave = wave[: self.max_samples]
             if self.keep:
                 self._waves[key] = wave
         return wave
@@ -185,6 +188,7 @@ class Collator:
     rationale_order: str = "label_then_rationale"
     augment: Callable[[np.ndarray, str], np.ndarray] | None = None
     cached: bool = False
+    max_seconds: float | None = None
 
     def context(self, row: dict, task: str) -> dict:
         """The gold prompt context of ``row`` for ``task``: ``{transcript, va}`` (None: absent)."""
@@ -212,11 +216,12 @@ class Collator:
         return out
 
     def wave(self, row: dict, epoch: int | None = None) -> np.ndarray:
-        """The clip of ``row``, augmented when this is a training batch (``epoch`` given)."""
+        """The clip of ``row``, augmented when this is a training batch (``epoch`` given),
+        then cut to ``max_seconds``: cut first, a stretched clip could outgrow the limit."""
         wave = self.audio(row)
         if epoch is not None and self.augment is not None and not self.cached:
             wave = self.augment(wave, f"{epoch}:{row['id']}")
-        return wave
+        return cut_clip(wave, self.max_seconds, row["audio"])
 
     def __call__(self, rows: list[dict], task: str, contexts: list[dict] | None = None,
                  epoch: int | None = None) -> dict:

@@ -53,7 +53,8 @@ class WhisperSpeechEncoder(nn.Module):
         longest = max(len(a) for a in arrays)
         # trim: at least half an STFT window of zeros after every clip, so that its last frames
         # are computed from zeros whether it is alone or beside a longer clip.
-        target = WHISPER_WINDOW_FRAMES * WHISPER_HOP if self.mel_policy == "pad30" else longest + WHISPER_N_FFT // 2
+        window = WHISPER_WINDOW_FRAMES * WHISPER_HOP
+        target = window if self.mel_policy == "pad30" else min(longest + WHISPER_N_FFT // 2, window)
         # Round up to an even number of frames so the stride-2 convolution sees whole pairs.
         target = -(-target // (2 * WHISPER_HOP)) * 2 * WHISPER_HOP
         feats = self.feature_extractor(arrays, sampling_rate=SAMPLE_RATE, padding="max_length",
@@ -66,7 +67,14 @@ class WhisperSpeechEncoder(nn.Module):
                       upto: int | None = None) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Every hidden layer, numbered as transformers does (0 = the convolutions plus
         positions, i = the output of layer i, the last one after the final layer norm), each
-        (B, T, D), and the valid frame counts (B,). ``upto``: stop after that layer."""
+        (B, T, D), and the valid frame counts (B,). ``upto``: stop after that layer.
+
+        A clip longer than Whisper's 30 s window is encoded in 30 s windows (the last one
+        shorter), each as a clip of its own, and their frames are joined in order.
+        """
+        window = WHISPER_WINDOW_FRAMES * WHISPER_HOP
+        if waves.shape[-1] > window:  # the shape, not the lengths: no value is read (memory traces)
+            return self._windowed(waves, wave_lengths, upto, window)
         enc = self.encoder
         n = len(enc.layers)
         upto = n if upto is None else upto
@@ -97,6 +105,22 @@ class WhisperSpeechEncoder(nn.Module):
         if upto == n:
             states[-1] = enc.layer_norm(x)
         return states, lengths
+
+    def _windowed(self, waves: torch.Tensor, wave_lengths: torch.Tensor, upto: int | None,
+                  window: int) -> tuple[list[torch.Tensor], torch.Tensor]:
+        pieces, owner = [], []
+        for b, n in enumerate(wave_lengths.tolist()):
+            for start in range(0, max(n, 1), window):
+                pieces.append(waves[b, start:min(start + window, n)])
+                owner.append(b)
+        states, lengths = self.hidden_states(nn.utils.rnn.pad_sequence(pieces, batch_first=True),
+                                             torch.tensor([len(p) for p in pieces]), upto)
+        joined = [nn.utils.rnn.pad_sequence(
+            [torch.cat([h[i, : lengths[i]] for i in range(len(pieces)) if owner[i] == b])
+             for b in range(len(wave_lengths))], batch_first=True) for h in states]
+        total = torch.zeros(len(wave_lengths), dtype=lengths.dtype, device=lengths.device)
+        total.index_add_(0, torch.tensor(owner, device=lengths.device), lengths)
+        return joined, total
 
     def forward(self, waves: torch.Tensor, wave_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         n = len(self.encoder.layers)

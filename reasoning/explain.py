@@ -45,8 +45,9 @@ class Explainer:
         self.builder = PromptBuilder(self.tokenizer, self.labels, self.model.num_audio_tokens,
                                      self.recipe.prompt.system)
         # Clips are read once each; no need to keep them. Never augmented: no epoch is passed.
-        self.collate = Collator(self.builder, AudioCache(self.recipe.model.speech.max_seconds, keep=False),
-                                self.prompt.transcript, self.prompt.two_step, self.prompt.rationale_order)
+        self.collate = Collator(self.builder, AudioCache(keep=False), self.prompt.transcript,
+                                self.prompt.two_step, self.prompt.rationale_order,
+                                max_seconds=self.recipe.model.speech.max_seconds)
         self.batch_size = batch_size
         self.max_new_tokens = max_new_tokens
         self.top_k = top_k

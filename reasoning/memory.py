@@ -24,7 +24,7 @@ checkpointing of the LLM.
   tests check both shortcuts against full traces, and the trace against a real step.
 
 Lengths: ``data.batch_size`` clips per process, each ``--clip-seconds`` long (default
-``model.speech.max_seconds``: a batch is as long as its longest clip, and with the
+``model.speech.max_seconds``, or 30 s without one: a batch is as long as its longest clip, and with the
 ``trim`` mel policy the encoders see exactly that length); a prompt of the chat template,
 the task's instruction and the audio tokens (counted with the tokenizer when it is on
 disk, else ``--prompt-tokens`` text tokens plus the audio tokens); a target of
@@ -356,7 +356,9 @@ def plan_lengths(recipe: Recipe, audio_tokens: int, tokenizer, clip_seconds: flo
         label_tokens = DEFAULT_LABEL_TOKENS
     target = {t: {"asr": target_tokens, "rationale": target_tokens, "emotion": label_tokens, "va": 0}[t]
               for t in tasks}
-    seconds = recipe.model.speech.max_seconds if clip_seconds is None else clip_seconds
+    # Without a cut, clips are as long as the corpus makes them: 30 s (one Whisper window) is
+    # the estimate's default, --clip-seconds gives the corpus's longest.
+    seconds = (recipe.model.speech.max_seconds or 30.0) if clip_seconds is None else clip_seconds
     return Lengths(d.batch_size, seconds, audio_tokens, prompt, target, len(d.labels), label_tokens, exact)
 
 
@@ -686,7 +688,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="dotted recipe overrides, e.g. data.batch_size=4 model.llm.gradient_checkpointing=true")
     parser.add_argument("--clip-seconds", type=float, default=None,
-                        help="length of every clip of the batch (default: model.speech.max_seconds, the worst case)")
+                        help="length of every clip of the batch (default: model.speech.max_seconds, the worst case, or 30 s without one)")
     parser.add_argument("--prompt-tokens", type=int, default=None,
                         help=f"text tokens of the prompt, audio tokens excluded (default: counted with the "
                              f"tokenizer when it is on disk, else {DEFAULT_PROMPT_TOKENS})")

@@ -27,7 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from reasoning.cache import EncoderCache, encoder_key
-from reasoning.data import AudioCache
+from reasoning.data import AudioCache, cut_clip
 from reasoning.encoders import WhisperSpeechEncoder
 from reasoning.errors import AudioError
 from reasoning.pretrained import resolve_model_path
@@ -78,17 +78,17 @@ def encode_clip(encoder: WhisperSpeechEncoder, wave: np.ndarray) -> np.ndarray:
 
 
 def extract_probe_features(rows: Sequence[Mapping], encoder: WhisperSpeechEncoder,
-                           cache: EncoderCache | None = None, max_seconds: float = 30.0,
+                           cache: EncoderCache | None = None, max_seconds: float | None = None,
                            progress: bool | None = None
                            ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Pooled layers of every row: ``({id: (L, D) array}, {id: error message})``.
 
     A clip read from ``cache`` is not encoded again; a clip that cannot be read is reported
-    in the second dict and the others go on. Clips longer than ``max_seconds`` are cut to
-    their start, as in training (``model.speech.max_seconds``).
+    in the second dict and the others go on. Clips longer than ``max_seconds`` (when set)
+    are cut to their start, as in training (``model.speech.max_seconds``).
     """
     encoder.eval()
-    audio = AudioCache(max_seconds, keep=False)
+    audio = AudioCache(keep=False)
     feats: dict[str, np.ndarray] = {}
     failed: dict[str, str] = {}
     encoded = 0
@@ -103,7 +103,7 @@ def extract_probe_features(rows: Sequence[Mapping], encoder: WhisperSpeechEncode
             feats[row["id"]] = hit.numpy()
             continue
         try:
-            feats[row["id"]] = encode_clip(encoder, audio(row))
+            feats[row["id"]] = encode_clip(encoder, cut_clip(audio(row), max_seconds, row["audio"]))
         except AudioError as err:
             failed[row["id"]] = str(err)
             continue

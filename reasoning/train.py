@@ -132,16 +132,24 @@ class TrainRecipe:
                             "Check data.train_split against the manifest's `split` values.")
         self.rows = rows
         self.builder = PromptBuilder(self.tokenizer, d.labels, self.model.num_audio_tokens, r.prompt.system)
-        self.collate = Collator(self.builder, AudioCache(r.model.speech.max_seconds), r.prompt.transcript,
+        self.collate = Collator(self.builder, AudioCache(), r.prompt.transcript,
                                 r.prompt.two_step, r.prompt.rationale_order,
                                 augment=build_augmenter(r.augment, r.train.seed),
                                 # a cached encoder output belongs to the clip as recorded
-                                cached=bool(self.model.caches))
+                                cached=bool(self.model.caches), max_seconds=r.model.speech.max_seconds)
         if self.collate.augment is not None and self.model.caches:
             log.warning("augmentation is off: model.encoder_cache holds the %s encoder outputs of the "
                         "unaugmented clips", " and ".join(self.model.caches))
         examples = {t: [i for i, row in enumerate(rows) if task_target(t, row, d.labels) is not None]
                     for t in d.tasks}
+        limit = r.model.speech.max_seconds
+        if "asr" in examples and limit is not None:  # a cut clip's transcript says more than it
+            long = [i for i in examples["asr"] if duration(rows[i]) > limit]
+            if long:
+                log.warning("task asr: %d clip(s) longer than model.speech.max_seconds (%g s) are left "
+                            "out, e.g. %s: they are cut, and their transcripts are not", len(long), limit,
+                            rows[long[0]]["id"])
+                examples["asr"] = [i for i in examples["asr"] if i not in set(long)]
         self._check_prompt_inputs(rows, examples)
         for task, idx in examples.items():
             if not idx:

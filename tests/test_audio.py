@@ -5,7 +5,7 @@ import pytest
 import soundfile as sf
 
 from reasoning.audio import SAMPLE_RATE, load_audio
-from reasoning.data import AudioCache
+from reasoning.data import AudioCache, cut_clip
 from reasoning.errors import AudioError
 
 
@@ -71,10 +71,11 @@ def test_empty_clip_is_an_error_and_silence_is_not(tmp_path):
     assert not load_audio(tmp_path / "silent.wav").any()
 
 
-def test_clip_longer_than_the_window_is_cut_with_a_warning(tmp_path, caplog):
+def test_clip_longer_than_max_seconds_is_cut_with_a_warning(tmp_path, caplog):
     sf.write(tmp_path / "long.wav", tone(200, 3.0, 16000), 16000)
-    cache = AudioCache(max_seconds=2.0)
+    row = {"audio": str(tmp_path / "long.wav")}
+    assert len(cut_clip(AudioCache()(row), None, row["audio"])) == 3 * SAMPLE_RATE  # null: whole
     with caplog.at_level(logging.WARNING):
-        x = cache({"audio": str(tmp_path / "long.wav")})
+        x = cut_clip(AudioCache()(row), 2.0, row["audio"])
     assert len(x) == 2 * SAMPLE_RATE
     assert "long.wav" in caplog.text and "longer than" in caplog.text

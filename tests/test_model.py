@@ -46,6 +46,28 @@ def test_ccc_matches_its_formula():
     assert float(ccc(torch.tensor(p), torch.tensor(p))[0]) == pytest.approx(1.0)
 
 
+def test_whisper_encodes_a_long_clip_in_30_s_windows_and_keeps_every_frame(tiny):
+    """Whisper's positions end at 30 s: a 70 s clip is encoded as 30 + 30 + 10 s windows
+    whose frames are joined, the same frames as each window alone, in any batch."""
+    model, *_ = tiny
+    enc = model.speech_encoder
+    sr = 16000
+    long = torch.randn(70 * sr) * 0.1
+    short = torch.randn(5 * sr) * 0.1
+    with torch.no_grad():
+        feats, lengths = enc(long[None], torch.tensor([len(long)]))
+        windows = [enc(long[None, a * sr:b * sr], torch.tensor([(b - a) * sr]))[0][0] for a, b in
+                   ((0, 30), (30, 60), (60, 70))]
+        both, both_len = enc(torch.nn.utils.rnn.pad_sequence([short, long], batch_first=True),
+                             torch.tensor([len(short), len(long)]))
+        alone, _ = enc(short[None], torch.tensor([len(short)]))
+    assert int(lengths[0]) == 3500 and feats.shape[1] == 3500
+    torch.testing.assert_close(feats[0], torch.cat([windows[0][:1500], windows[1][:1500], windows[2][:500]]))
+    assert both_len.tolist() == [250, 3500]
+    torch.testing.assert_close(both[1], feats[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(both[0, :250], alone[0, :250], atol=1e-5, rtol=1e-5)
+
+
 def test_label_probabilities_sum_to_one_and_match_full_scoring(tiny):
     model, _, recipe, collate, rows = tiny
     batch = collate(rows, "emotion")

@@ -223,3 +223,41 @@ def test_launch_traps_are_refused_before_anything_is_built(tmp_path, kind, overr
     with pytest.raises(RecipeError, match=message):
         check_launch(recipe, DistributedType[kind], resume)
     check_launch(recipe, DistributedType.MULTI_CPU, resume)  # DDP takes all of them
+
+
+def _long_clip_manifest(tmp_path, small_manifest, seconds=40.0):
+    import numpy as np
+    import soundfile as sf
+
+    rows = [json.loads(line) for line in small_manifest.read_text().splitlines()]
+    t = np.arange(int(seconds * 16000)) / 16000
+    sf.write(tmp_path / "long.wav", (0.1 * np.sin(2 * np.pi * 180 * t)).astype("float32"), 16000)
+    rows[0] = {**rows[0], "id": "long", "audio": str(tmp_path / "long.wav")}
+    path = tmp_path / "long.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_a_40_s_clip_stretched_by_tempo_trains_in_whisper_windows(tmp_path, small_manifest):
+    """Clips are no longer cut to 30 s before augmentation (a 30 s cut stretched by 0.9 is
+    33 s, past Whisper's positions): long clips are encoded in 30 s windows."""
+    manifest = _long_clip_manifest(tmp_path, small_manifest)
+    trainer = make_trainer(tmp_path, manifest, train={"max_steps": 2},
+                           data={"tasks": {"asr": 1.0, "emotion": 1.0}, "batch_size": 8},
+                           augment={"p": 1.0, "tempo": [0.9, 0.9]})
+    assert 0 in trainer.schedule.examples["asr"]  # the whole clip, so its transcript still fits
+    assert len(trainer.collate.wave(trainer.rows[0], epoch=0)) == pytest.approx(40 / 0.9 * 16000, rel=0.01)
+    trainer.train()
+    assert all(torch.isfinite(torch.tensor(h["loss"])) for h in trainer.history)
+
+
+def test_with_max_seconds_a_clip_is_cut_after_augmentation_and_leaves_the_asr_task(tmp_path, small_manifest):
+    manifest = _long_clip_manifest(tmp_path, small_manifest)
+    tree_model = tiny_recipe_tree(tmp_path, manifest)["model"]
+    tree_model["speech"]["max_seconds"] = 30.0
+    trainer = make_trainer(tmp_path, manifest, model=tree_model, train={"max_steps": 1},
+                           data={"tasks": {"asr": 1.0, "emotion": 1.0}, "batch_size": 8},
+                           augment={"p": 1.0, "tempo": [0.9, 0.9]})
+    assert 0 not in trainer.schedule.examples["asr"]  # its transcript covers 40 s, not 30
+    assert 0 in trainer.schedule.examples["emotion"]
+    assert len(trainer.collate.wave(trainer.rows[0], epoch=0)) == 30 * 16000

@@ -1,6 +1,7 @@
 """EmoDB (file-name labels) and the generic loader (label folders, CSV/JSONL tables)."""
 
 import json
+import re
 from collections import Counter
 
 import numpy as np
@@ -204,3 +205,45 @@ def test_cli_prepares_and_reports_errors(tmp_path, capsys):
     assert main(["prepare", "generic", "--root", str(root), "--out", str(out),
                  "--va-config", str(config)]) == 2
     assert "unknown field(s) ['valence_weight']" in capsys.readouterr().err
+
+
+def small_emodb(root, speakers=("03", "08"), codes=("a01", "a02"), letters="WTNF"):
+    """An EmoDB folder in the release's layout: 2 x 2 x 4 = 16 clips and transcripts.csv."""
+    for s in speakers:
+        for c in codes:
+            for i, letter in enumerate(letters):
+                tone(root / "wav" / f"{s}{c}{letter}a.wav", 0.1 + 0.1 * i, seconds=0.5,
+                     freq=120.0 + 40 * i)
+    (root / "transcripts.csv").write_text(
+        "text_code,transcript,english\n"
+        "a01,Der Lappen liegt auf dem Eisschrank.,The cloth is lying on the fridge.\n"
+        "a02,Das will sie am Mittwoch abgeben.,She wants to hand it in on Wednesday.\n")
+    return root
+
+
+def test_emodb_transcripts_with_a_short_line_is_a_clear_error(tmp_path):
+    root = small_emodb(tmp_path / "emodb")
+    (root / "transcripts.csv").write_text("text_code,transcript,english\n"
+                                          "a01,Der Lappen liegt auf dem Eisschrank.,The cloth.\n"
+                                          "a02\n")
+    with pytest.raises(UserError, match=r"emodb/transcripts.csv:3: 1 field where the header has 3 "
+                                        r"\(text_code, transcript, english\).*quote"):
+        prepare("emodb", root, tmp_path / "out", labels_only=True)
+
+
+QUOTE = "Close or remove the quote"
+
+
+@pytest.mark.parametrize("body, what, fix", [
+    ("a.wav,happy,s1,extra\n", "4 fields where the header has 3", "one field per column"),
+    ("a.wav,happy\n", "2 fields where the header has 3", "one field per column"),
+    # An unbalanced quote: the path swallows the next row (csv accepts this quietly).
+    ('"a.wav,happy,s1\nb.wav",sad,s2\n', "the 'audio' field runs over lines 3-4", QUOTE),
+    ('"a.wav,happy,s1\n"b.wav",sad,s2\n', "in the row starting here is not closed", QUOTE),
+    ('a.wav,happy,"s1\n', "in the row starting here is not closed", QUOTE),   # at the end
+])
+def test_csv_rows_with_the_wrong_fields_are_errors(tmp_path, body, what, fix):
+    table = tmp_path / "meta.csv"
+    table.write_text("audio,emotion,speaker\nz.wav,sad,s0\n" + body)
+    with pytest.raises(UserError, match=rf"meta.csv:3: .*{re.escape(what)}.*{fix}"):
+        prepare("generic", table, tmp_path / "out", labels_only=True, split="random")

@@ -104,8 +104,11 @@ def test_folder_of_label_subfolders(tmp_path):
     tone(root / "happy" / "b.flac", 0.3)
     tone(root / "sad" / "nested" / "c.wav", 0.05)
     tone(root / "loose.wav")
+    # Folders name no speakers: a speaker-disjoint split is impossible, random must be asked for.
+    with pytest.raises(UserError, match=r"3 of 3 rows have no speaker.*--split random"):
+        prepare("generic", root, tmp_path / "out", labels=["happy", "sad"])
     result = prepare("generic", root, tmp_path / "out", labels=["happy", "sad"],
-                     label_map={"sad": "sad"}, seed=3)
+                     label_map={"sad": "sad"}, seed=3, split="random")
     rows = {r["id"]: r for r in read_manifest(result.manifest)}
     assert {k: r["emotion"] for k, r in rows.items()} == {"a": "happy", "b": "happy", "c": "sad"}
     assert all(r["dataset"] == "my_corpus" for r in rows.values())
@@ -113,7 +116,7 @@ def test_folder_of_label_subfolders(tmp_path):
     assert "NOT speaker-disjoint" in result.card["split"]["description"]
     assert [d["id"] for d in result.card["dropped"]] == ["loose"]
     # Without reading audio, a clip added to a label folder still makes the output stale.
-    args = dict(labels_only=True, labels=["happy", "sad"])
+    args = dict(labels_only=True, labels=["happy", "sad"], split="random")
     prepare("generic", root, tmp_path / "out2", **args)
     assert prepare("generic", root, tmp_path / "out2", **args).skipped
     tone(root / "sad" / "d.wav")
@@ -177,33 +180,33 @@ def test_cli_prepares_and_reports_errors(tmp_path, capsys):
     tone(root / "happy" / "a.wav")
     tone(root / "sad" / "b.wav")
     out = tmp_path / "out"
-    assert main(["prepare", "generic", "--root", str(root), "--out", str(out), "--workers", "1"]) == 0
+    prep = ["prepare", "generic", "--root", str(root), "--out", str(out), "--split", "random"]
+    assert main(prep + ["--workers", "1"]) == 0
     text = capsys.readouterr().out
     assert f"{out / 'manifest.jsonl'}: 2 rows (written)" in text and "card:" in text
     assert (out / "card.md").is_file() and (out / "card.json").is_file()
-    assert main(["prepare", "generic", "--root", str(root), "--out", str(out)]) == 0
+    assert main(prep) == 0
     assert "up to date" in capsys.readouterr().out
+    assert main(prep[:-2]) == 2              # no speakers, and random not asked for
+    assert "no speaker" in capsys.readouterr().err
     assert main(["prepare", "emodb", "--root", str(tmp_path / "nope"), "--out", str(out)]) == 2
     assert "no such file or folder" in capsys.readouterr().err
     assert main(["prepare", "meld", "--root", str(root), "--out", str(out), "--labels-only"]) == 2
     assert "train_sent_emo.csv" in capsys.readouterr().err
-    assert main(["prepare", "generic", "--root", str(root), "--out", str(out),
-                 "--label-map", "oops"]) == 2
+    assert main(prep + ["--label-map", "oops"]) == 2
     assert "SRC=DST" in capsys.readouterr().err
 
     # Constants of the derived-VA formula from a file; unknown fields are refused.
     config = tmp_path / "va.yaml"
     config.write_text("valence_prior_weight: 1.0\nmin_spread: {zcr: 0.01}\n")
-    assert main(["prepare", "generic", "--root", str(root), "--out", str(out),
-                 "--va-config", str(config)]) == 0
+    assert main(prep + ["--va-config", str(config)]) == 0
     card = json.loads((out / "card.json").read_text())
     assert card["va"]["config"]["valence_prior_weight"] == 1.0
     assert card["va"]["config"]["min_spread"]["zcr"] == 0.01
     rows = {r["id"]: r for r in read_manifest(out / "manifest.jsonl")}
     assert (rows["a"]["valence"], rows["b"]["valence"]) == (0.7, -0.6)   # the priors alone
     config.write_text("valence_weight: 1.0\n")
-    assert main(["prepare", "generic", "--root", str(root), "--out", str(out),
-                 "--va-config", str(config)]) == 2
+    assert main(prep + ["--va-config", str(config)]) == 2
     assert "unknown field(s) ['valence_weight']" in capsys.readouterr().err
 
 
@@ -219,6 +222,28 @@ def small_emodb(root, speakers=("03", "08"), codes=("a01", "a02"), letters="WTNF
         "a01,Der Lappen liegt auf dem Eisschrank.,The cloth is lying on the fridge.\n"
         "a02,Das will sie am Mittwoch abgeben.,She wants to hand it in on Wednesday.\n")
     return root
+
+
+def test_a_speakerless_row_stops_the_default_split_instead_of_leaking(tmp_path):
+    root = tmp_path / "corpus"
+    for i in range(6):
+        tone(root / f"c{i}.wav")
+    table = root / "meta.csv"
+    table.write_text("audio,emotion,speaker\n" + "".join(f"c{i}.wav,happy,s{i % 3}\n"
+                                                         for i in range(6)) + "c6.wav,sad,\n")
+    # c6.wav is missing, so its row is dropped by the audio stage: the split is unaffected.
+    result = prepare("generic", table, tmp_path / "out")
+    assert [d["id"] for d in result.card["dropped"]] == ["c6"]
+    assert result.card["split"]["strategy"] == "speaker-random"
+    assert result.card["split"]["speaker_disjoint"]
+    # Once c6 is there, its row would leak: the default stops and says how to go on.
+    tone(root / "c6.wav")
+    with pytest.raises(UserError, match=r"1 of 7 rows have no speaker \(first: c6 \(.*meta.csv:8\)"
+                                        r"\).*--speaker-col.*--split random"):
+        prepare("generic", table, tmp_path / "out")
+    result = prepare("generic", table, tmp_path / "out", split="random")
+    assert not result.card["split"]["speaker_disjoint"]
+    assert "NOT speaker-disjoint" in result.card["split"]["description"]
 
 
 def test_emodb_transcripts_with_a_short_line_is_a_clear_error(tmp_path):

@@ -54,8 +54,8 @@ SPLIT_DESCRIPTIONS = {
     "official": "the corpus's own split",
     "loso": "leave-one-speaker-out: one fold per speaker (split = speaker-<id>)",
     "speaker-random": "speaker-disjoint random train/dev/test",
-    "random": "utterance-level random train/dev/test; NOT speaker-disjoint (no speaker "
-              "information), so test speakers are also in train",
+    "random": "utterance-level random train/dev/test (--split random); NOT speaker-disjoint, "
+              "so a speaker's clips may be in train and in test",
 }
 
 

@@ -205,8 +205,11 @@ def load_table(path: Path, out: Path, opts: PrepareOptions, protocol: Protocol,
 
 def load(root: Path, out: Path, opts: PrepareOptions, protocol: Protocol) -> Corpus:
     """A folder of label subfolders, or a table file given as ``root``."""
-    corpus = Corpus(dataset_name(root, opts), [], va_source="derived", default_split="random",
-                    labels=tuple(opts.labels or protocol.labels))
+    # Speaker-disjoint unless the table has a split column. A row without a speaker then
+    # stops the split (splits.require_speakers) once the audio stage has dropped what it
+    # drops, so that a row left out of the manifest cannot change the split.
+    corpus = Corpus(dataset_name(root, opts), [], va_source="derived",
+                    default_split="speaker-random", labels=tuple(opts.labels or protocol.labels))
     if root.is_file():
         if root.suffix.lower() not in TABLE_SUFFIXES:
             raise UserError(f"{root}: a table must be .csv, .tsv or .jsonl; for a folder of "
@@ -214,7 +217,4 @@ def load(root: Path, out: Path, opts: PrepareOptions, protocol: Protocol) -> Cor
         load_table(root, out, opts, protocol, corpus)
     else:
         load_folder(root, out, opts, protocol, corpus)
-    has_speakers = bool(corpus.rows) and all(r["speaker"] for r in corpus.rows)
-    if corpus.default_split != "official" and has_speakers:
-        corpus.default_split = "speaker-random"
     return corpus

@@ -37,6 +37,9 @@ FIELDS: dict[str, Any] = {
     "rationale": None,
 }
 REQUIRED = ("id", "audio")
+# The keys the stages after prepare fill in (`emoreason evidence`, `emoreason rationales`);
+# a new run of prepare carries them over for the rows that did not change.
+DOWNSTREAM_FIELDS = ("evidence", "rationale")
 
 
 def _check(row: dict, where: str) -> None:

@@ -224,6 +224,52 @@ def small_emodb(root, speakers=("03", "08"), codes=("a01", "a02"), letters="WTNF
     return root
 
 
+def test_rerun_keeps_evidence_and_rationales_of_unchanged_rows(tmp_path, caplog, capsys):
+    """The README's workflow (prepare, evidence, rationales in place), then prepare again
+    after one clip and one sentence changed: only the rows they touch lose their work."""
+    root, out = small_emodb(tmp_path / "emodb"), tmp_path / "out"
+    manifest = out / "manifest.jsonl"
+    prep = ["prepare", "emodb", "--root", str(root), "--out", str(out), "--workers", "1"]
+    assert main(prep) == 0
+    assert main(["evidence", "--manifest", str(manifest)]) == 0
+    assert main(["rationales", "--manifest", str(manifest), "--writer", "template"]) == 0
+    before = {r["id"]: r for r in read_manifest(manifest, resolve_audio=False)}
+    assert len(before) == 16 and all(r["evidence"] and r["rationale"] for r in before.values())
+
+    tone(root / "wav" / "08a02Ta.wav", 0.6, seconds=0.7)          # a clip re-recorded
+    caplog.clear()
+    assert main(prep) == 0
+    after = {r["id"]: r for r in read_manifest(manifest, resolve_audio=False)}
+    assert after["08a02Ta"]["evidence"] is None and after["08a02Ta"]["rationale"] is None
+    for key in set(before) - {"08a02Ta"}:
+        assert (after[key]["evidence"], after[key]["rationale"]) == (
+            before[key]["evidence"], before[key]["rationale"])
+    assert ("kept evidence and rationales of 15 rows; dropped them for 1 changed row: "
+            "08a02Ta") in caplog.text
+    capsys.readouterr()
+    assert main(["evidence", "--manifest", str(manifest)]) == 0      # only the new clip
+    assert "measured 1, cached 15" in capsys.readouterr().out
+    before = {r["id"]: r for r in read_manifest(manifest, resolve_audio=False)}
+
+    # A sentence corrected in transcripts.csv changes its 8 rows; --force keeps the rest.
+    text = (root / "transcripts.csv").read_text()
+    (root / "transcripts.csv").write_text(text.replace("am Mittwoch", "am Dienstag"))
+    caplog.clear()
+    assert main(prep + ["--force"]) == 0
+    again = {r["id"]: r for r in read_manifest(manifest, resolve_audio=False)}
+    assert all(again[k]["evidence"] is None for k in again if k[2:5] == "a02")
+    assert all((again[k]["evidence"], again[k]["rationale"]) == (
+        before[k]["evidence"], before[k]["rationale"]) for k in again if k[2:5] == "a01")
+    assert "kept evidence and rationales of 8 rows; dropped them for 8 changed rows:" in caplog.text
+    assert "03a02Fa" in caplog.text
+
+    # A manifest prepare cannot read is not written over (its evidence would be lost).
+    with manifest.open("a") as f:
+        f.write("{not json\n")
+    with pytest.raises(UserError, match=r"manifest.jsonl:17: not valid JSON.*move it away"):
+        prepare("emodb", root, out, force=True)
+
+
 def test_a_speakerless_row_stops_the_default_split_instead_of_leaking(tmp_path):
     root = tmp_path / "corpus"
     for i in range(6):

@@ -39,6 +39,9 @@ FIELDS: dict[str, Any] = {
     "rationale": None,
 }
 REQUIRED = ("id", "audio")
+# The keys the stages after prepare fill in (`emoreason evidence`, `emoreason rationales`);
+# a new run of prepare carries them over for the rows that did not change.
+DOWNSTREAM_FIELDS = ("evidence", "rationale")
 # The JSON type of each key when it is not null. Checked where a manifest is read, so a
 # hand-edited line fails here with its line number instead of as a traceback in a later stage.
 TYPES = {"id": "string", "audio": "string", "start": "number", "end": "number",

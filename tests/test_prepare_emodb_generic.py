@@ -1,6 +1,7 @@
 """EmoDB (file-name labels) and the generic loader (label folders, CSV/JSONL tables)."""
 
 import json
+import re
 from collections import Counter
 
 import numpy as np
@@ -103,8 +104,11 @@ def test_folder_of_label_subfolders(tmp_path):
     tone(root / "happy" / "b.flac", 0.3)
     tone(root / "sad" / "nested" / "c.wav", 0.05)
     tone(root / "loose.wav")
+    # Folders name no speakers: a speaker-disjoint split is impossible, random must be asked for.
+    with pytest.raises(UserError, match=r"3 of 3 rows have no speaker.*--split random"):
+        prepare("generic", root, tmp_path / "out", labels=["happy", "sad"])
     result = prepare("generic", root, tmp_path / "out", labels=["happy", "sad"],
-                     label_map={"sad": "sad"}, seed=3)
+                     label_map={"sad": "sad"}, seed=3, split="random")
     rows = {r["id"]: r for r in read_manifest(result.manifest)}
     assert {k: r["emotion"] for k, r in rows.items()} == {"a": "happy", "b": "happy", "c": "sad"}
     assert all(r["dataset"] == "my_corpus" for r in rows.values())
@@ -112,7 +116,7 @@ def test_folder_of_label_subfolders(tmp_path):
     assert "NOT speaker-disjoint" in result.card["split"]["description"]
     assert [d["id"] for d in result.card["dropped"]] == ["loose"]
     # Without reading audio, a clip added to a label folder still makes the output stale.
-    args = dict(labels_only=True, labels=["happy", "sad"])
+    args = dict(labels_only=True, labels=["happy", "sad"], split="random")
     prepare("generic", root, tmp_path / "out2", **args)
     assert prepare("generic", root, tmp_path / "out2", **args).skipped
     tone(root / "sad" / "d.wav")
@@ -176,31 +180,141 @@ def test_cli_prepares_and_reports_errors(tmp_path, capsys):
     tone(root / "happy" / "a.wav")
     tone(root / "sad" / "b.wav")
     out = tmp_path / "out"
-    assert main(["prepare", "generic", "--root", str(root), "--out", str(out), "--workers", "1"]) == 0
+    prep = ["prepare", "generic", "--root", str(root), "--out", str(out), "--split", "random"]
+    assert main(prep + ["--workers", "1"]) == 0
     text = capsys.readouterr().out
     assert f"{out / 'manifest.jsonl'}: 2 rows (written)" in text and "card:" in text
     assert (out / "card.md").is_file() and (out / "card.json").is_file()
-    assert main(["prepare", "generic", "--root", str(root), "--out", str(out)]) == 0
+    assert main(prep) == 0
     assert "up to date" in capsys.readouterr().out
+    assert main(prep[:-2]) == 2              # no speakers, and random not asked for
+    assert "no speaker" in capsys.readouterr().err
     assert main(["prepare", "emodb", "--root", str(tmp_path / "nope"), "--out", str(out)]) == 2
     assert "no such file or folder" in capsys.readouterr().err
     assert main(["prepare", "meld", "--root", str(root), "--out", str(out), "--labels-only"]) == 2
     assert "train_sent_emo.csv" in capsys.readouterr().err
-    assert main(["prepare", "generic", "--root", str(root), "--out", str(out),
-                 "--label-map", "oops"]) == 2
+    assert main(prep + ["--label-map", "oops"]) == 2
     assert "SRC=DST" in capsys.readouterr().err
 
     # Constants of the derived-VA formula from a file; unknown fields are refused.
     config = tmp_path / "va.yaml"
     config.write_text("valence_prior_weight: 1.0\nmin_spread: {zcr: 0.01}\n")
-    assert main(["prepare", "generic", "--root", str(root), "--out", str(out),
-                 "--va-config", str(config)]) == 0
+    assert main(prep + ["--va-config", str(config)]) == 0
     card = json.loads((out / "card.json").read_text())
     assert card["va"]["config"]["valence_prior_weight"] == 1.0
     assert card["va"]["config"]["min_spread"]["zcr"] == 0.01
     rows = {r["id"]: r for r in read_manifest(out / "manifest.jsonl")}
     assert (rows["a"]["valence"], rows["b"]["valence"]) == (0.7, -0.6)   # the priors alone
     config.write_text("valence_weight: 1.0\n")
-    assert main(["prepare", "generic", "--root", str(root), "--out", str(out),
-                 "--va-config", str(config)]) == 2
+    assert main(prep + ["--va-config", str(config)]) == 2
     assert "unknown field(s) ['valence_weight']" in capsys.readouterr().err
+
+
+def small_emodb(root, speakers=("03", "08"), codes=("a01", "a02"), letters="WTNF"):
+    """An EmoDB folder in the release's layout: 2 x 2 x 4 = 16 clips and transcripts.csv."""
+    for s in speakers:
+        for c in codes:
+            for i, letter in enumerate(letters):
+                tone(root / "wav" / f"{s}{c}{letter}a.wav", 0.1 + 0.1 * i, seconds=0.5,
+                     freq=120.0 + 40 * i)
+    (root / "transcripts.csv").write_text(
+        "text_code,transcript,english\n"
+        "a01,Der Lappen liegt auf dem Eisschrank.,The cloth is lying on the fridge.\n"
+        "a02,Das will sie am Mittwoch abgeben.,She wants to hand it in on Wednesday.\n")
+    return root
+
+
+def test_rerun_keeps_evidence_and_rationales_of_unchanged_rows(tmp_path, caplog, capsys):
+    """The README's workflow (prepare, evidence, rationales in place), then prepare again
+    after one clip and one sentence changed: only the rows they touch lose their work."""
+    root, out = small_emodb(tmp_path / "emodb"), tmp_path / "out"
+    manifest = out / "manifest.jsonl"
+    prep = ["prepare", "emodb", "--root", str(root), "--out", str(out), "--workers", "1"]
+    assert main(prep) == 0
+    assert main(["evidence", "--manifest", str(manifest)]) == 0
+    assert main(["rationales", "--manifest", str(manifest), "--writer", "template"]) == 0
+    before = {r["id"]: r for r in read_manifest(manifest, resolve_audio=False)}
+    assert len(before) == 16 and all(r["evidence"] and r["rationale"] for r in before.values())
+
+    tone(root / "wav" / "08a02Ta.wav", 0.6, seconds=0.7)          # a clip re-recorded
+    caplog.clear()
+    assert main(prep) == 0
+    after = {r["id"]: r for r in read_manifest(manifest, resolve_audio=False)}
+    assert after["08a02Ta"]["evidence"] is None and after["08a02Ta"]["rationale"] is None
+    for key in set(before) - {"08a02Ta"}:
+        assert (after[key]["evidence"], after[key]["rationale"]) == (
+            before[key]["evidence"], before[key]["rationale"])
+    assert ("kept evidence and rationales of 15 rows; dropped them for 1 changed row: "
+            "08a02Ta") in caplog.text
+    capsys.readouterr()
+    assert main(["evidence", "--manifest", str(manifest)]) == 0      # only the new clip
+    assert "measured 1, cached 15" in capsys.readouterr().out
+    before = {r["id"]: r for r in read_manifest(manifest, resolve_audio=False)}
+
+    # A sentence corrected in transcripts.csv changes its 8 rows; --force keeps the rest.
+    text = (root / "transcripts.csv").read_text()
+    (root / "transcripts.csv").write_text(text.replace("am Mittwoch", "am Dienstag"))
+    caplog.clear()
+    assert main(prep + ["--force"]) == 0
+    again = {r["id"]: r for r in read_manifest(manifest, resolve_audio=False)}
+    assert all(again[k]["evidence"] is None for k in again if k[2:5] == "a02")
+    assert all((again[k]["evidence"], again[k]["rationale"]) == (
+        before[k]["evidence"], before[k]["rationale"]) for k in again if k[2:5] == "a01")
+    assert "kept evidence and rationales of 8 rows; dropped them for 8 changed rows:" in caplog.text
+    assert "03a02Fa" in caplog.text
+
+    # A manifest prepare cannot read is not written over (its evidence would be lost).
+    with manifest.open("a") as f:
+        f.write("{not json\n")
+    with pytest.raises(UserError, match=r"manifest.jsonl:17: not valid JSON.*move it away"):
+        prepare("emodb", root, out, force=True)
+
+
+def test_a_speakerless_row_stops_the_default_split_instead_of_leaking(tmp_path):
+    root = tmp_path / "corpus"
+    for i in range(6):
+        tone(root / f"c{i}.wav")
+    table = root / "meta.csv"
+    table.write_text("audio,emotion,speaker\n" + "".join(f"c{i}.wav,happy,s{i % 3}\n"
+                                                         for i in range(6)) + "c6.wav,sad,\n")
+    # c6.wav is missing, so its row is dropped by the audio stage: the split is unaffected.
+    result = prepare("generic", table, tmp_path / "out")
+    assert [d["id"] for d in result.card["dropped"]] == ["c6"]
+    assert result.card["split"]["strategy"] == "speaker-random"
+    assert result.card["split"]["speaker_disjoint"]
+    # Once c6 is there, its row would leak: the default stops and says how to go on.
+    tone(root / "c6.wav")
+    with pytest.raises(UserError, match=r"1 of 7 rows have no speaker \(first: c6 \(.*meta.csv:8\)"
+                                        r"\).*--speaker-col.*--split random"):
+        prepare("generic", table, tmp_path / "out")
+    result = prepare("generic", table, tmp_path / "out", split="random")
+    assert not result.card["split"]["speaker_disjoint"]
+    assert "NOT speaker-disjoint" in result.card["split"]["description"]
+
+
+def test_emodb_transcripts_with_a_short_line_is_a_clear_error(tmp_path):
+    root = small_emodb(tmp_path / "emodb")
+    (root / "transcripts.csv").write_text("text_code,transcript,english\n"
+                                          "a01,Der Lappen liegt auf dem Eisschrank.,The cloth.\n"
+                                          "a02\n")
+    with pytest.raises(UserError, match=r"emodb/transcripts.csv:3: 1 field where the header has 3 "
+                                        r"\(text_code, transcript, english\).*quote"):
+        prepare("emodb", root, tmp_path / "out", labels_only=True)
+
+
+QUOTE = "Close or remove the quote"
+
+
+@pytest.mark.parametrize("body, what, fix", [
+    ("a.wav,happy,s1,extra\n", "4 fields where the header has 3", "one field per column"),
+    ("a.wav,happy\n", "2 fields where the header has 3", "one field per column"),
+    # An unbalanced quote: the path swallows the next row (csv accepts this quietly).
+    ('"a.wav,happy,s1\nb.wav",sad,s2\n', "the 'audio' field runs over lines 3-4", QUOTE),
+    ('"a.wav,happy,s1\n"b.wav",sad,s2\n', "in the row starting here is not closed", QUOTE),
+    ('a.wav,happy,"s1\n', "in the row starting here is not closed", QUOTE),   # at the end
+])
+def test_csv_rows_with_the_wrong_fields_are_errors(tmp_path, body, what, fix):
+    table = tmp_path / "meta.csv"
+    table.write_text("audio,emotion,speaker\nz.wav,sad,s0\n" + body)
+    with pytest.raises(UserError, match=rf"meta.csv:3: .*{re.escape(what)}.*{fix}"):
+        prepare("generic", table, tmp_path / "out", labels_only=True, split="random")

@@ -115,6 +115,14 @@ def test_csv_missing_a_column_is_reported_and_the_rest_prepared(tmp_path):
     assert "missing column(s) Emotion" in problem and "1 rows are NOT prepared" in problem
 
 
+def test_csv_row_with_a_missing_field_is_an_error(tmp_path):
+    from reasoning.errors import UserError
+    short = DEV.replace(',"00:00:02,000"', "")        # EndTime left out: 10 fields of 11
+    root = write_csvs(tmp_path / "meld", dev=short)
+    with pytest.raises(UserError, match=r"dev_sent_emo.csv:2: 10 fields where the header has 11"):
+        prepare("meld", root, tmp_path / "out", labels_only=True)
+
+
 def test_clips_are_extracted_once_and_bad_clips_listed(meld_raw, tmp_path):
     out = tmp_path / "out"
     result = prepare("meld", meld_raw, out, workers=2)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from sklearn.utils.class_weight import compute_class_weight
 
+from reasoning.errors import UserError
 from reasoning.prepare import (DerivedVAConfig, LeakageError, apply_protocol, balanced_subset,
                                check_speaker_disjoint, check_splits, class_weights, derive_va,
                                example_weights)
@@ -165,3 +166,15 @@ def test_silence_and_a_single_clip_do_not_break_the_formula():
     feats = clip_features(np.zeros(SR, dtype=np.float32), SR)
     assert np.isfinite(list(feats.values())).all()
     assert derive_va([feats], ["sad"]) == [(round(0.7 * -0.6, 4), round(0.3 * -0.5, 4))]
+
+
+@pytest.mark.parametrize("assign", [assign_speaker_random, assign_loso])
+def test_speaker_splits_name_the_rows_without_a_speaker(assign):
+    rows = corpus(3)
+    for row in rows[:7]:
+        row["speaker"] = None
+    first = ", ".join(r["id"] for r in rows[:5])
+    with pytest.raises(UserError, match=rf"7 of {len(rows)} rows have no speaker \(first: "
+                                        rf"{first}, \.\.\.\).*--speaker-col.*--split random "
+                                        r"\(NOT speaker-disjoint"):
+        assign(rows)

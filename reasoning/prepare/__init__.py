@@ -9,7 +9,9 @@ cannot be used are left out of the manifest and listed with their reason in the 
 rows outside the protocol's label set stay in the manifest and are listed too.
 
 A finished preparation is skipped when its inputs (annotation and audio files: size and
-modification time) and options are unchanged; ``force=True`` redoes it.
+modification time) and options are unchanged; ``force=True`` redoes it. Writing over a
+manifest keeps the evidence and rationales of the rows that did not change
+(:mod:`reasoning.prepare.carryover` says what counts as a change).
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from reasoning.manifest import FIELDS, MANIFEST_NAME, write_manifest
 from reasoning.prepare import card as card_mod
 from reasoning.prepare import emodb, generic, iemocap, meld
 from reasoning.prepare.clips import ClipTask, process_clips
-from reasoning.prepare.corpus import Corpus, PrepareOptions
+from reasoning.prepare.carryover import carry_over, read_downstream, row_digest
+from reasoning.prepare.corpus import Corpus, PrepareOptions, file_stamp
 from reasoning.prepare.protocols import (DEFAULT_PROTOCOL, OTHER, PROTOCOLS, apply_protocol,
                                          get_protocol)
 from reasoning.prepare.splits import (SPLIT_STRATEGIES, LeakageError, assign_loso,
@@ -54,8 +57,8 @@ SPLIT_DESCRIPTIONS = {
     "official": "the corpus's own split",
     "loso": "leave-one-speaker-out: one fold per speaker (split = speaker-<id>)",
     "speaker-random": "speaker-disjoint random train/dev/test",
-    "random": "utterance-level random train/dev/test; NOT speaker-disjoint (no speaker "
-              "information), so test speakers are also in train",
+    "random": "utterance-level random train/dev/test (--split random); NOT speaker-disjoint, "
+              "so a speaker's clips may be in train and in test",
 }
 
 
@@ -82,11 +85,7 @@ def _fingerprint(dataset: str, root: Path, corpus: Corpus, opts: PrepareOptions)
     if not opts.labels_only:
         files += [r[k] for r in corpus.rows for k in ("_src", "_dst") if r.get(k)]
     for f in files:
-        try:
-            st = os.stat(f)
-            h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-        except OSError:
-            h.update(f"{f}\0missing\n".encode())
+        h.update(f"{f}\0{file_stamp(f)}\n".encode())
     return h.hexdigest()
 
 
@@ -232,6 +231,7 @@ def prepare(dataset: str, root: str | Path, out: str | Path,
                  manifest_path)
         return PrepareResult(manifest_path, md_path, old, skipped=True)
     out.mkdir(parents=True, exist_ok=True)
+    downstream = read_downstream(manifest_path)
 
     if opts.labels_only:
         rows = corpus.rows
@@ -260,7 +260,10 @@ def prepare(dataset: str, root: str | Path, out: str | Path,
         if entry["where"].startswith(str(root) + os.sep):
             entry["where"] = entry["where"][len(str(root)) + 1:]
 
-    write_manifest([_clean(r) for r in rows], manifest_path)
+    manifest_rows = [_clean(r) for r in rows]
+    digests = {r["id"]: row_digest(r, out) for r in manifest_rows}
+    carry_over(manifest_rows, downstream, digests, (old or {}).get("row_digests"), manifest_path)
+    write_manifest(manifest_rows, manifest_path)
     card = {
         "dataset": corpus.dataset, "version": __version__, "prepare_version": PREPARE_VERSION,
         "command": _command(dataset, root, out, opts), "root": str(root.resolve()),
@@ -283,6 +286,8 @@ def prepare(dataset: str, root: str | Path, out: str | Path,
         "options": opts.fingerprint_dict(),
         # After the audio stage, so extracted WAVs count as inputs of the next run.
         "fingerprint": _fingerprint(dataset, root, corpus, opts),
+        # What each row's evidence and rationale depend on, for the next run's carry_over.
+        "row_digests": digests,
     }
     card_mod.write_card(card, out)
     for split, per_label in card["counts"]["label_by_split"].items():

@@ -82,7 +82,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="official (IEMOCAP sessions, MELD train/dev/test, a --split-col), "
                              "loso (leave one speaker out), speaker-random, random; default: "
                              "official, or loso for EmoDB, speaker-random for generic corpora "
-                             "with speakers")
+                             "(every row needs a speaker; else pass random)")
     parser.add_argument("--seed", type=int, default=0, help="seed of random splits")
     parser.add_argument("--fractions", default="0.8,0.1,0.1",
                         help="train,dev,test shares of random splits")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -96,3 +97,15 @@ def find_file(root: Path, name: str, depth: int = 2) -> Path | None:
             return hits[0]
         pattern = "*/" + pattern
     return None
+
+
+def file_stamp(path: str | Path) -> str:
+    """Size and modification time of a file (``"missing"`` when absent): how prepare tells
+    an input that changed (edited, re-recorded, re-extracted) from the one it read before,
+    without reading it. The format is part of every output's fingerprint: changing it
+    would make every earlier output look stale."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return "missing"
+    return f"{st.st_size}\0{st.st_mtime_ns}"

@@ -7,7 +7,6 @@ Sex comes from the corpus's speaker table; the sentence from ``transcripts.csv``
 
 from __future__ import annotations
 
-import csv
 import re
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from reasoning.errors import UserError
 from reasoning.prepare.clips import manifest_audio_path
 from reasoning.prepare.corpus import Corpus, PrepareOptions
 from reasoning.prepare.protocols import Protocol
+from reasoning.prepare.tables import read_csv
 
 EMOTION_LETTERS = {"W": "anger", "L": "boredom", "E": "disgust", "A": "fear",
                    "F": "happiness", "T": "sadness", "N": "neutral"}
@@ -26,14 +26,14 @@ FILE_NAME = re.compile(r"^(\d\d)([a-z]\d\d)([A-Z])([a-z])$")
 
 def read_transcripts(path: Path, corpus: Corpus) -> dict[str, tuple[str, str | None]]:
     """text code -> (sentence, English gloss) from ``transcripts.csv``."""
-    with path.open(encoding="utf-8-sig", newline="") as f:
-        reader = csv.DictReader(f)
-        if not {"text_code", "transcript"} <= set(reader.fieldnames or []):
-            corpus.problems.append(f"{path}: needs columns text_code and transcript; not used, "
-                                   "transcripts left empty.")
-            return {}
-        return {r["text_code"].strip(): (r["transcript"].strip(), (r.get("english") or "").strip()
-                                         or None) for r in reader}
+    header, records = read_csv(path, corpus)
+    if not {"text_code", "transcript"} <= set(header):
+        corpus.problems.append(f"{path}: needs columns text_code and transcript; not used, "
+                               "transcripts left empty.")
+        return {}
+    return {r["text_code"].strip(): (r["transcript"].strip(),
+                                     (r.get("english") or "").strip() or None)
+            for _, r in records}
 
 
 def load(root: Path, out: Path, opts: PrepareOptions, protocol: Protocol) -> Corpus:

@@ -8,8 +8,6 @@ alternatives). Audio paths in a table are relative to the table's folder, or abs
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import re
 from pathlib import Path
@@ -18,6 +16,7 @@ from reasoning.errors import UserError
 from reasoning.prepare.clips import manifest_audio_path
 from reasoning.prepare.corpus import Corpus, PrepareOptions, normalise_gender
 from reasoning.prepare.protocols import Protocol
+from reasoning.prepare.tables import read_csv, read_text
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".opus", ".mp3", ".m4a", ".mp4", ".aac", ".webm"}
 TABLE_SUFFIXES = {".csv", ".tsv", ".jsonl"}
@@ -75,37 +74,29 @@ def load_folder(root: Path, out: Path, opts: PrepareOptions, protocol: Protocol,
                         "information, so splits cannot be made speaker-disjoint.")
 
 
-def _read_table(path: Path, corpus: Corpus) -> tuple[list[str], list[tuple[str, dict]]]:
+def _read_table(path: Path, corpus: Corpus,
+                opts: PrepareOptions) -> tuple[list[str], list[tuple[str, dict]]]:
     """(columns, [(where, record), ...]) of a CSV/TSV/JSONL file."""
-    data = path.read_bytes()
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        corpus.notes.append(f"{path.name} is not UTF-8; read as Windows-1252.")
-        text = data.decode("cp1252", errors="replace")
+    if path.suffix.lower() != ".jsonl":
+        # Only the transcript is free text that may span lines.
+        return read_csv(path, corpus, delimiter="\t" if path.suffix.lower() == ".tsv" else ",",
+                        multiline=(opts.columns.get("transcript") or "transcript",))
+    columns: dict[str, None] = {}
     records = []
-    if path.suffix.lower() == ".jsonl":
-        columns: dict[str, None] = {}
-        for n, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                corpus.drop(None, f"{path}:{n}", f"not valid JSON ({err.msg}); fix the line")
-                continue
-            if not isinstance(record, dict):
-                corpus.drop(None, f"{path}:{n}", "not a JSON object; fix the line")
-                continue
-            columns.update(dict.fromkeys(record))
-            records.append((f"{path}:{n}", record))
-        return list(columns), records
-    reader = csv.DictReader(io.StringIO(text, newline=""),
-                            delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
-    reader.fieldnames = [h.strip() for h in (reader.fieldnames or [])]
-    for record in reader:
-        records.append((f"{path}:{reader.line_num}", record))
-    return reader.fieldnames, records
+    for n, line in enumerate(read_text(path, corpus).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            corpus.drop(None, f"{path}:{n}", f"not valid JSON ({err.msg}); fix the line")
+            continue
+        if not isinstance(record, dict):
+            corpus.drop(None, f"{path}:{n}", "not a JSON object; fix the line")
+            continue
+        columns.update(dict.fromkeys(record))
+        records.append((f"{path}:{n}", record))
+    return list(columns), records
 
 
 def _resolve_columns(path: Path, available: list[str], opts: PrepareOptions) -> dict[str, str]:
@@ -152,7 +143,7 @@ def load_table(path: Path, out: Path, opts: PrepareOptions, protocol: Protocol,
                corpus: Corpus) -> None:
     """One row per table record, through the column map."""
     corpus.inputs.append(path)
-    available, records = _read_table(path, corpus)
+    available, records = _read_table(path, corpus, opts)
     cols = _resolve_columns(path, available, opts)
     lo, hi = (float(x) for x in opts.va_range)
     if not hi > lo:
@@ -214,8 +205,11 @@ def load_table(path: Path, out: Path, opts: PrepareOptions, protocol: Protocol,
 
 def load(root: Path, out: Path, opts: PrepareOptions, protocol: Protocol) -> Corpus:
     """A folder of label subfolders, or a table file given as ``root``."""
-    corpus = Corpus(dataset_name(root, opts), [], va_source="derived", default_split="random",
-                    labels=tuple(opts.labels or protocol.labels))
+    # Speaker-disjoint unless the table has a split column. A row without a speaker then
+    # stops the split (splits.require_speakers) once the audio stage has dropped what it
+    # drops, so that a row left out of the manifest cannot change the split.
+    corpus = Corpus(dataset_name(root, opts), [], va_source="derived",
+                    default_split="speaker-random", labels=tuple(opts.labels or protocol.labels))
     if root.is_file():
         if root.suffix.lower() not in TABLE_SUFFIXES:
             raise UserError(f"{root}: a table must be .csv, .tsv or .jsonl; for a folder of "
@@ -223,7 +217,4 @@ def load(root: Path, out: Path, opts: PrepareOptions, protocol: Protocol) -> Cor
         load_table(root, out, opts, protocol, corpus)
     else:
         load_folder(root, out, opts, protocol, corpus)
-    has_speakers = bool(corpus.rows) and all(r["speaker"] for r in corpus.rows)
-    if corpus.default_split != "official" and has_speakers:
-        corpus.default_split = "speaker-random"
     return corpus

@@ -8,8 +8,6 @@ not speaker-independent; the card says so.
 
 from __future__ import annotations
 
-import csv
-import io
 import re
 from pathlib import Path
 
@@ -17,6 +15,7 @@ from reasoning.errors import UserError
 from reasoning.prepare.clips import manifest_audio_path, require_ffmpeg
 from reasoning.prepare.corpus import Corpus, PrepareOptions, find_dir, find_file
 from reasoning.prepare.protocols import PROTOCOLS, Protocol
+from reasoning.prepare.tables import read_csv
 
 SPLITS = ("train", "dev", "test")
 CSV_NAMES = {"train": "train_sent_emo.csv", "dev": "dev_sent_emo.csv", "test": "test_sent_emo.csv"}
@@ -28,15 +27,6 @@ EMOTIONS = PROTOCOLS["meld7"].labels
 CAST_GENDER = {"Chandler": "m", "Joey": "m", "Ross": "m",
                "Monica": "f", "Rachel": "f", "Phoebe": "f"}
 TIMESTAMP = re.compile(r"^\s*(\d+):(\d\d):(\d\d)[,.](\d+)\s*$")
-
-
-def decode(data: bytes, path: Path, corpus: Corpus) -> str:
-    """UTF-8 (with or without BOM); Windows-1252 copies are read too, and noted."""
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        corpus.notes.append(f"{path.name} is not UTF-8; read as Windows-1252.")
-        return data.decode("cp1252", errors="replace")
 
 
 def fix_mojibake(text: str) -> str:
@@ -70,20 +60,15 @@ def _clip_dirs(base: Path, corpus: Corpus) -> dict[str, Path | None]:
 def read_split(path: Path, split: str, clip_dir: Path | None, out: Path,
                corpus: Corpus, seen: dict[str, str]) -> None:
     """Append the rows of one official CSV to ``corpus``."""
-    text = decode(path.read_bytes(), path, corpus)
-    reader = csv.DictReader(io.StringIO(text, newline=""))
-    header = [h.strip() for h in (reader.fieldnames or [])]
+    header, records = read_csv(path, corpus, multiline=("Utterance",))
     missing = [c for c in REQUIRED_COLUMNS if c not in header]
     if missing:
-        n = sum(1 for _ in reader)
         corpus.problems.append(
             f"{path}: missing column(s) {', '.join(missing)} (header: {', '.join(header)}); "
-            f"its {n} rows are NOT prepared. Restore the official header "
+            f"its {len(records)} rows are NOT prepared. Restore the official header "
             f"({', '.join(REQUIRED_COLUMNS)}, ...).")
         return
-    reader.fieldnames = header
-    for record in reader:
-        where = f"{path}:{reader.line_num}"
+    for where, record in records:
         get = lambda key: (record.get(key) or "").strip()  # noqa: E731
         try:
             dia, utt = int(get("Dialogue_ID")), int(get("Utterance_ID"))

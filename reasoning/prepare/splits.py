@@ -24,12 +24,29 @@ class LeakageError(UserError):
     """A speaker on both sides of a split."""
 
 
+def require_speakers(rows: list[dict], strategy: str) -> None:
+    """Raise :class:`UserError` naming the rows without a speaker.
+
+    A speaker-disjoint split cannot place a clip whose speaker is unknown: it could be any
+    speaker's, test speakers' included. Falling back to an utterance-level split would leak
+    speakers without a word, so the user chooses: fill the speakers in, or ask for
+    ``--split random``.
+    """
+    missing = [r for r in rows if not r.get("speaker")]
+    if not missing:
+        return
+    first = ", ".join(f"{r['id']} ({r['_where']})" if r.get("_where") else r["id"]
+                      for r in missing[:5]) + (", ..." if len(missing) > 5 else "")
+    raise UserError(f"the {strategy} split keeps speakers apart, so it needs a speaker on "
+                    f"every row; {len(missing)} of {len(rows)} rows have no speaker (first: "
+                    f"{first}). Fill in their speaker (a table's speaker column, named with "
+                    "--speaker-col), or pass --split random (NOT speaker-disjoint: a speaker's "
+                    "clips may be in train and in test).")
+
+
 def assign_loso(rows: list[dict]) -> None:
     """Leave-one-speaker-out: ``split = "speaker-<speaker>"`` (one fold per speaker), in place."""
-    missing = [r["id"] for r in rows if not r.get("speaker")]
-    if missing:
-        raise UserError(f"--split loso needs a speaker on every row; {len(missing)} rows have "
-                        f"none (first: {missing[0]}). Map a speaker column (--speaker-col).")
+    require_speakers(rows, "loso")
     for row in rows:
         row["split"] = f"speaker-{row['speaker']}"
 
@@ -41,10 +58,8 @@ def assign_speaker_random(rows: list[dict], seed: int = 0,
     Speakers are shuffled, then each goes to the split furthest below its target share
     of utterances; with three or more speakers, dev and test each get at least one.
     """
-    by_speaker = Counter(r.get("speaker") for r in rows)
-    if None in by_speaker or "" in by_speaker:
-        raise UserError("--split speaker-random needs a speaker on every row. Map a speaker "
-                        "column (--speaker-col), or use --split random (not speaker-disjoint).")
+    require_speakers(rows, "speaker-random")
+    by_speaker = Counter(r["speaker"] for r in rows)
     if abs(sum(fractions) - 1.0) > 1e-6 or min(fractions) < 0:
         raise UserError(f"split fractions {fractions} must be non-negative and sum to 1.")
     speakers = sorted(by_speaker)

@@ -18,6 +18,8 @@ def atomic_dir(final: str | Path) -> Iterator[Path]:
     An existing ``final`` is first renamed aside and deleted only after the new folder is in
     place, so a complete copy exists at every moment (under the ``.old-`` name for the instant
     between the two renames).
+    The new folder's files reach the disk before the rename does, so a power cut cannot leave
+    empty files under the final name.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -25,6 +27,10 @@ def atomic_dir(final: str | Path) -> Iterator[Path]:
     try:
         yield tmp
         os.chmod(tmp, dir_mode())  # mkdtemp makes it 0700 whatever the umask
+        for folder, _, names in os.walk(tmp):
+            for name in names:
+                _fsync(os.path.join(folder, name))
+            _fsync(folder)
         old = None
         if final.exists():
             old = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.old-"))
@@ -35,10 +41,19 @@ def atomic_dir(final: str | Path) -> Iterator[Path]:
             if old is not None:  # the swap failed: the old copy goes back in place
                 os.replace(old, final)
             raise
+        _fsync(final.parent)
         if old is not None:
             shutil.rmtree(old)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _fsync(path: str | Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 @contextmanager

@@ -18,7 +18,7 @@ import json
 import logging
 from pathlib import Path
 
-from reasoning.checkpoint import STATE_FILE, list_checkpoints
+from reasoning.checkpoint import STATE_FILE, list_checkpoints, recover_checkpoints
 from reasoning.config import RECIPE_NAME, load_recipe
 from reasoning.errors import RecipeError
 from reasoning.evaluate import PROBE_NAME, checkpoint_predictor, evaluate_rows
@@ -57,6 +57,7 @@ def run_benchmark(recipe, only_fold: str | None = None) -> dict:
     folds = list(iter_folds(kept, protocol, recipe.eval.dev_speakers, only_fold))
     for i, fold in enumerate(folds, 1):
         run_dir = root / fold.name
+        recover_checkpoints(run_dir)  # one process trains the folds: this one
         if _finished(run_dir):
             log.info("fold %s (%d/%d): already trained in %s", fold.name, i, len(folds), run_dir)
             continue

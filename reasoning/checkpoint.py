@@ -10,9 +10,13 @@ Layout of ``<output_dir>/checkpoint-<step>/``::
     trainer_state.json       step, epoch, position in the epoch's task plan, loss history
     optimizer.pt, scheduler.pt, rng.safetensors   what --resume needs (tensors and plain
                              containers only: loaded with ``weights_only=True``, no pickled code)
+    complete.json            written last: the path and size of every other file
 
-A checkpoint is written into a temporary folder and renamed into place, so a run killed
-while saving leaves the previous checkpoint whole.
+A checkpoint is written into a temporary folder and renamed into place
+(:func:`reasoning.files.atomic_dir`), so a run killed while saving leaves the previous
+checkpoint whole; the next save or resume cleans up what the kill left. The latest checkpoint
+is the newest *whole* one: a folder whose files do not all match ``complete.json`` (cut short,
+half deleted, half copied) is skipped with a warning.
 """
 
 from __future__ import annotations
@@ -20,7 +24,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -29,16 +32,21 @@ from safetensors.torch import load_file, save_file
 
 from reasoning.config import RECIPE_NAME, Recipe, load_recipe, save_recipe
 from reasoning.errors import UserError
-from reasoning.files import atomic_dir
+from reasoning.files import atomic_dir, clean_leftovers, remove_dir
 
 log = logging.getLogger(__name__)
 
 ADAPTER_DIR = "adapter"
+ADAPTER_WEIGHTS = f"{ADAPTER_DIR}/adapter_model.safetensors"
+ADAPTER_CONFIG = f"{ADAPTER_DIR}/adapter_config.json"  # what peft.PeftModel.from_pretrained reads
 MODULES_FILE = "modules.safetensors"
 STATE_FILE = "trainer_state.json"
 OPTIMIZER_FILE = "optimizer.pt"
 SCHEDULER_FILE = "scheduler.pt"
 RNG_FILE = "rng.safetensors"
+COMPLETE_FILE = "complete.json"
+# What a checkpoint written before COMPLETE_FILE existed must hold to be used.
+REQUIRED_FILES = (ADAPTER_WEIGHTS, ADAPTER_CONFIG, MODULES_FILE, RECIPE_NAME, STATE_FILE)
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -82,6 +90,7 @@ def save_checkpoint(output_dir: str | Path, step: int, model, recipe: Recipe, st
     (FSDP, DeepSpeed ZeRO-3), gathered by the caller; ``model.state_dict()`` there would hold
     only this process's shards."""
     output_dir = Path(output_dir)
+    recover_checkpoints(output_dir)
     final = output_dir / f"checkpoint-{step:06d}"
     llm_state = None if state_dict is None else \
         {k.removeprefix("llm."): v for k, v in state_dict.items() if k.startswith("llm.")}
@@ -97,15 +106,47 @@ def save_checkpoint(output_dir: str | Path, step: int, model, recipe: Recipe, st
             torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
             torch.save(scheduler.state_dict(), tmp / SCHEDULER_FILE)
             save_file({"torch": torch.get_rng_state()}, tmp / RNG_FILE)
+        sizes = {p.relative_to(tmp).as_posix(): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()}
+        (tmp / COMPLETE_FILE).write_text(json.dumps({"files": sizes}, indent=1))
     log.info("saved %s", final)
     if keep_last > 0:
-        for old in list_checkpoints(output_dir)[:-keep_last]:
-            shutil.rmtree(old)
+        # Never the one just saved: after --resume-from an earlier step, the newest folder
+        # name may be a broken checkpoint, or one of the abandoned steps.
+        others = [p for p in list_checkpoints(output_dir) if p != final]
+        for old in others[:max(len(others) - keep_last + 1, 0)]:
+            remove_dir(old)
     return final
 
 
-def list_checkpoints(output_dir: str | Path) -> list[Path]:
-    """Complete checkpoints of a run, oldest first (temporary folders are ignored)."""
+def recover_checkpoints(output_dir: str | Path) -> None:
+    """Clean up what a killed save left in a run folder (:func:`reasoning.files.clean_leftovers`).
+    Only the process that trains into ``output_dir`` may call it."""
+    clean_leftovers(output_dir, "checkpoint-*")
+
+
+def find_damage(ckpt: Path) -> str | None:
+    """What keeps ``ckpt`` from being a whole checkpoint, or None when it is one.
+
+    A checkpoint written before COMPLETE_FILE existed counts as whole when it holds the
+    REQUIRED_FILES (their sizes cannot be checked), so that older runs still load."""
+    marker = ckpt / COMPLETE_FILE
+    if not marker.is_file():
+        missing = [name for name in REQUIRED_FILES if not (ckpt / name).is_file()]
+        return f"{missing[0]} is missing (and so is {COMPLETE_FILE})" if missing else None
+    try:
+        sizes = json.loads(marker.read_text())["files"]
+    except (ValueError, KeyError) as err:
+        return f"{COMPLETE_FILE} does not parse ({type(err).__name__}: {err})"
+    for name, size in sizes.items():
+        if not (ckpt / name).is_file():
+            return f"{name} is missing"
+        if (ckpt / name).stat().st_size != size:
+            return f"{name} is {(ckpt / name).stat().st_size} bytes, {size} were written"
+    return None
+
+
+def checkpoint_dirs(output_dir: str | Path) -> list[Path]:
+    """Every ``checkpoint-<step>`` folder of a run, whole or not, oldest first."""
     output_dir = Path(output_dir)
     if not output_dir.is_dir():
         return []
@@ -113,14 +154,33 @@ def list_checkpoints(output_dir: str | Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def list_checkpoints(output_dir: str | Path) -> list[Path]:
+    """The whole checkpoints of a run, oldest first. A damaged one is left out with a warning
+    that names it; the temporary folders of a killed save are not checkpoints."""
+    whole, unmarked = [], 0
+    for ckpt in checkpoint_dirs(output_dir):
+        damage = find_damage(ckpt)
+        if damage is not None:
+            log.warning("%s is skipped, it is not a whole checkpoint: %s. Delete it once you no longer "
+                        "need what is left of it.", ckpt, damage)
+            continue
+        whole.append(ckpt)
+        unmarked += not (ckpt / COMPLETE_FILE).is_file()
+    if unmarked:
+        log.warning("%s: %d checkpoint(s) without %s (written by an older emoreason) are used without "
+                    "checking their files", output_dir, unmarked, COMPLETE_FILE)
+    return whole
+
+
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint folder, or a run folder (its latest checkpoint)."""
+    """A checkpoint folder, or a run folder (its latest whole checkpoint)."""
     path = Path(path)
     if (path / STATE_FILE).is_file():
         return path
     found = list_checkpoints(path)
     if not found:
-        raise UserError(f"{path}: no checkpoint here. Pass a run folder that holds checkpoint-* "
+        damaged = " (the damaged ones are named in the warnings above)" if checkpoint_dirs(path) else ""
+        raise UserError(f"{path}: no whole checkpoint here{damaged}. Pass a run folder that holds checkpoint-* "
                         "folders (train.output_dir) or one checkpoint folder.")
     return found[-1]
 
@@ -129,8 +189,7 @@ def load_trainable(model, ckpt: Path) -> None:
     """Load the adapter and module weights of ``ckpt`` into an already built model."""
     from peft import set_peft_model_state_dict
 
-    adapter = ckpt / ADAPTER_DIR / "adapter_model.safetensors"
-    set_peft_model_state_dict(model.llm, load_file(adapter))
+    set_peft_model_state_dict(model.llm, load_file(ckpt / ADAPTER_WEIGHTS))
     missing, unexpected = model.load_state_dict(load_file(ckpt / MODULES_FILE), strict=False)
     expected = module_state(model).keys()
     absent = [k for k in missing if k in expected]

@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import logging
 from pathlib import Path
 
-from reasoning.checkpoint import STATE_FILE, list_checkpoints, recover_checkpoints
+from reasoning.checkpoint import list_checkpoints, read_state, recover_checkpoints
 from reasoning.config import RECIPE_NAME, load_recipe
 from reasoning.errors import RecipeError
 from reasoning.evaluate import PROBE_NAME, checkpoint_predictor, evaluate_rows
@@ -38,8 +37,7 @@ def _finished(run_dir: Path) -> bool:
     found = list_checkpoints(run_dir)
     if not found:
         return False
-    state = json.loads((found[-1] / STATE_FILE).read_text())
-    return bool(state.get("finished"))
+    return bool(read_state(found[-1]).get("finished"))
 
 
 def run_benchmark(recipe, only_fold: str | None = None) -> dict:

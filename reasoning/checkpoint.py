@@ -16,22 +16,26 @@ A checkpoint is written into a temporary folder and renamed into place
 (:func:`reasoning.files.atomic_dir`), so a run killed while saving leaves the previous
 checkpoint whole; the next save or resume cleans up what the kill left. The latest checkpoint
 is the newest *whole* one: a folder whose files do not all match ``complete.json`` (cut short,
-half deleted, half copied) is skipped with a warning.
+half deleted, half copied) is skipped with a warning, and a file that does not load is a
+:class:`~reasoning.errors.CheckpointError` that names it, not a loader's traceback.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import pickle
 import re
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from reasoning.config import RECIPE_NAME, Recipe, load_recipe, save_recipe
-from reasoning.errors import UserError
+from reasoning.errors import CheckpointError, RecipeError, UserError
 from reasoning.files import atomic_dir, clean_leftovers, remove_dir
 
 log = logging.getLogger(__name__)
@@ -48,6 +52,8 @@ COMPLETE_FILE = "complete.json"
 # What a checkpoint written before COMPLETE_FILE existed must hold to be used.
 REQUIRED_FILES = (ADAPTER_WEIGHTS, ADAPTER_CONFIG, MODULES_FILE, RECIPE_NAME, STATE_FILE)
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+# How a checkpoint file fails to load: missing, cut short, garbled, or holding pickled code.
+READ_ERRORS = (OSError, ValueError, RuntimeError, EOFError, pickle.UnpicklingError, SafetensorError, RecipeError)
 
 
 def module_state(model, state_dict: dict | None = None) -> dict[str, torch.Tensor]:
@@ -172,10 +178,19 @@ def list_checkpoints(output_dir: str | Path) -> list[Path]:
     return whole
 
 
+def _fix(ckpt: Path) -> str:
+    return (f"Resume from an earlier checkpoint with --resume-from PATH (explain and eval: --checkpoint PATH), "
+            f"or delete {ckpt} so that the run's previous whole checkpoint is used.")
+
+
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint folder, or a run folder (its latest whole checkpoint)."""
+    """A checkpoint folder (which must be whole), or a run folder (its latest whole checkpoint)."""
     path = Path(path)
-    if (path / STATE_FILE).is_file():
+    if (path / STATE_FILE).is_file() or (path / COMPLETE_FILE).is_file() or \
+            (CHECKPOINT_RE.match(path.name) and path.is_dir()):
+        damage = find_damage(path)
+        if damage is not None:
+            raise CheckpointError(f"{path}: not a whole checkpoint, {damage}. {_fix(path)}")
         return path
     found = list_checkpoints(path)
     if not found:
@@ -185,12 +200,35 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return found[-1]
 
 
+def _read(ckpt: Path, name: str, load):
+    """``load(ckpt / name)``, with a file that does not load turned into a CheckpointError that
+    names it and the fix (torch's own advice, to load with ``weights_only=False``, is wrong
+    for a damaged file)."""
+    try:
+        return load(ckpt / name)
+    except READ_ERRORS as err:
+        reason = "garbled, or more than tensors" if isinstance(err, pickle.UnpicklingError) \
+            else str(err).splitlines()[0][:200]
+        raise CheckpointError(f"{ckpt / name}: does not load ({type(err).__name__}: {reason}). "
+                              f"{_fix(ckpt)}") from err
+
+
+def _load_json(path: Path):
+    return json.loads(path.read_text())
+
+
+def read_state(ckpt: Path) -> dict:
+    """The trainer state of a checkpoint: step, epoch, batch, ``finished``, loss history."""
+    return _read(ckpt, STATE_FILE, _load_json)
+
+
 def load_trainable(model, ckpt: Path) -> None:
     """Load the adapter and module weights of ``ckpt`` into an already built model."""
     from peft import set_peft_model_state_dict
 
-    set_peft_model_state_dict(model.llm, load_file(ckpt / ADAPTER_WEIGHTS))
-    missing, unexpected = model.load_state_dict(load_file(ckpt / MODULES_FILE), strict=False)
+    _read(ckpt, ADAPTER_CONFIG, _load_json)  # unused here, but peft.PeftModel.from_pretrained reads it
+    set_peft_model_state_dict(model.llm, _read(ckpt, ADAPTER_WEIGHTS, load_file))
+    missing, unexpected = model.load_state_dict(_read(ckpt, MODULES_FILE, load_file), strict=False)
     expected = module_state(model).keys()
     absent = [k for k in missing if k in expected]
     if absent or unexpected:
@@ -206,7 +244,7 @@ def load_for_inference(path: str | Path):
     from reasoning.builders import build_model
 
     ckpt = resolve_checkpoint(path)
-    recipe = load_recipe(ckpt / RECIPE_NAME)
+    recipe = _read(ckpt, RECIPE_NAME, load_recipe)
     model, tokenizer = build_model(recipe, caches=False)
     load_trainable(model, ckpt)
     model.eval()
@@ -215,7 +253,8 @@ def load_for_inference(path: str | Path):
 
 def load_training_state(ckpt: Path, optimizer, scheduler) -> dict:
     """Restore optimizer, scheduler and RNG; return the trainer state."""
-    optimizer.load_state_dict(torch.load(ckpt / OPTIMIZER_FILE, weights_only=True))
-    scheduler.load_state_dict(torch.load(ckpt / SCHEDULER_FILE, weights_only=True))
-    torch.set_rng_state(load_file(ckpt / RNG_FILE)["torch"])
-    return json.loads((ckpt / STATE_FILE).read_text())
+    load_tensors = partial(torch.load, weights_only=True)
+    optimizer.load_state_dict(_read(ckpt, OPTIMIZER_FILE, load_tensors))
+    scheduler.load_state_dict(_read(ckpt, SCHEDULER_FILE, load_tensors))
+    torch.set_rng_state(_read(ckpt, RNG_FILE, load_file)["torch"])
+    return read_state(ckpt)

@@ -17,7 +17,8 @@ from conftest import tiny_recipe_tree
 
 from reasoning import checkpoint as ckpt_mod
 from reasoning.checkpoint import list_checkpoints, load_for_inference, save_checkpoint
-from reasoning.config import load_recipe
+from reasoning.config import RECIPE_NAME, load_recipe
+from reasoning.errors import UserError
 from reasoning.train import TrainRecipe
 
 
@@ -180,3 +181,37 @@ def test_a_checkpoint_from_before_the_marker_still_loads_with_a_warning(source, 
     with caplog.at_level(logging.WARNING):
         assert resume(run, trained).state["step"] == 4
     assert f"without {ckpt_mod.COMPLETE_FILE}" in caplog.text
+
+
+# -- corrupt checkpoint files ---------------------------------------------------------------
+def spoil(ckpt: Path, name: str, damage: str) -> None:
+    path = ckpt / name
+    if damage.endswith("unmarked"):  # as an older emoreason wrote it
+        (ckpt / ckpt_mod.COMPLETE_FILE).unlink(missing_ok=True)
+    if damage.startswith("missing"):
+        path.unlink()
+    elif damage.startswith("truncated"):
+        path.write_bytes(path.read_bytes()[:path.stat().st_size // 2])
+    else:  # garbled: the same size, so only reading it can tell
+        path.write_bytes(b"\xff" * 16 + path.read_bytes()[16:])
+
+
+FILES = [ckpt_mod.ADAPTER_WEIGHTS, ckpt_mod.ADAPTER_CONFIG, ckpt_mod.MODULES_FILE, ckpt_mod.OPTIMIZER_FILE,
+         ckpt_mod.SCHEDULER_FILE, ckpt_mod.RNG_FILE, ckpt_mod.STATE_FILE, RECIPE_NAME]
+CASES = [(name, damage) for name in FILES
+         for damage in ("missing", "truncated", "garbled", "missing, unmarked", "truncated, unmarked")]
+CASES += [(ckpt_mod.COMPLETE_FILE, "truncated"), (ckpt_mod.COMPLETE_FILE, "garbled")]
+
+
+@pytest.mark.parametrize("name,damage", CASES)
+def test_a_corrupt_checkpoint_file_is_an_error_naming_it_and_the_fix(name, damage, source, resumer, tmp_path):
+    ckpt = copy_run(source, tmp_path, 4) / "checkpoint-000004"
+    spoil(ckpt, name, damage)
+    with pytest.raises(UserError) as err:
+        if name == RECIPE_NAME:  # a resume reads the recipe it is given; explain and eval read this one
+            load_for_inference(ckpt)
+        else:
+            resumer.resume = str(ckpt)  # --resume-from CHECKPOINT
+            resumer._setup_resume()
+    message = str(err.value)
+    assert name in message and "--resume-from" in message, message

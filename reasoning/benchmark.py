@@ -14,13 +14,11 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import logging
 import os
 from pathlib import Path
 
-
-from reasoning.checkpoint import STATE_FILE, list_checkpoints
+from reasoning.checkpoint import list_checkpoints, read_state, recover_checkpoints
 from reasoning.config import RECIPE_NAME, load_recipe
 from reasoning.errors import RecipeError
 from reasoning.evaluate import PROBE_NAME, checkpoint_predictor, evaluate_rows
@@ -40,8 +38,7 @@ def _finished(run_dir: Path) -> bool:
     found = list_checkpoints(run_dir)
     if not found:
         return False
-    state = json.loads((found[-1] / STATE_FILE).read_text())
-    return bool(state.get("finished"))
+    return bool(read_state(found[-1]).get("finished"))
 
 
 def run_benchmark(recipe, only_fold: str | None = None) -> dict:
@@ -59,6 +56,7 @@ def run_benchmark(recipe, only_fold: str | None = None) -> dict:
     folds = list(iter_folds(kept, protocol, recipe.eval.dev_speakers, only_fold))
     for i, fold in enumerate(folds, 1):
         run_dir = root / fold.name
+        recover_checkpoints(run_dir)  # one process trains the folds: this one
         if _finished(run_dir):
             log.info("fold %s (%d/%d): already trained in %s", fold.name, i, len(folds), run_dir)
             continue

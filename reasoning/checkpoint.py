@@ -10,36 +10,50 @@ Layout of ``<output_dir>/checkpoint-<step>/``::
     trainer_state.json       step, epoch, position in the epoch's task plan, loss history
     optimizer.pt, scheduler.pt, rng.safetensors   what --resume needs (tensors and plain
                              containers only: loaded with ``weights_only=True``, no pickled code)
+    complete.json            written last: the path and size of every other file
 
-A checkpoint is written into a temporary folder and renamed into place, so a run killed
-while saving leaves the previous checkpoint whole.
+A checkpoint is written into a temporary folder and renamed into place
+(:func:`reasoning.files.atomic_dir`), so a run killed while saving leaves the previous
+checkpoint whole; the next save or resume cleans up what the kill left. The latest checkpoint
+is the newest *whole* one: a folder whose files do not all match ``complete.json`` (cut short,
+half deleted, half copied) is skipped with a warning, and a file that does not load is a
+:class:`~reasoning.errors.CheckpointError` that names it, not a loader's traceback.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import pickle
 import re
-import shutil
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from reasoning.config import RECIPE_NAME, Recipe, load_recipe, save_recipe
-from reasoning.errors import UserError
-from reasoning.files import atomic_dir
+from reasoning.errors import CheckpointError, RecipeError, UserError
+from reasoning.files import atomic_dir, clean_leftovers, remove_dir
 
 log = logging.getLogger(__name__)
 
 ADAPTER_DIR = "adapter"
+ADAPTER_WEIGHTS = f"{ADAPTER_DIR}/adapter_model.safetensors"
+ADAPTER_CONFIG = f"{ADAPTER_DIR}/adapter_config.json"  # what peft.PeftModel.from_pretrained reads
 MODULES_FILE = "modules.safetensors"
 STATE_FILE = "trainer_state.json"
 OPTIMIZER_FILE = "optimizer.pt"
 SCHEDULER_FILE = "scheduler.pt"
 RNG_FILE = "rng.safetensors"
+COMPLETE_FILE = "complete.json"
+# What a checkpoint written before COMPLETE_FILE existed must hold to be used.
+REQUIRED_FILES = (ADAPTER_WEIGHTS, ADAPTER_CONFIG, MODULES_FILE, RECIPE_NAME, STATE_FILE)
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+# How a checkpoint file fails to load: missing, cut short, garbled, or holding pickled code.
+READ_ERRORS = (OSError, ValueError, RuntimeError, EOFError, pickle.UnpicklingError, SafetensorError, RecipeError)
 
 
 def module_state(model, state_dict: dict | None = None) -> dict[str, torch.Tensor]:
@@ -82,6 +96,7 @@ def save_checkpoint(output_dir: str | Path, step: int, model, recipe: Recipe, st
     (FSDP, DeepSpeed ZeRO-3), gathered by the caller; ``model.state_dict()`` there would hold
     only this process's shards."""
     output_dir = Path(output_dir)
+    recover_checkpoints(output_dir)
     final = output_dir / f"checkpoint-{step:06d}"
     llm_state = None if state_dict is None else \
         {k.removeprefix("llm."): v for k, v in state_dict.items() if k.startswith("llm.")}
@@ -97,15 +112,47 @@ def save_checkpoint(output_dir: str | Path, step: int, model, recipe: Recipe, st
             torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
             torch.save(scheduler.state_dict(), tmp / SCHEDULER_FILE)
             save_file({"torch": torch.get_rng_state()}, tmp / RNG_FILE)
+        sizes = {p.relative_to(tmp).as_posix(): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()}
+        (tmp / COMPLETE_FILE).write_text(json.dumps({"files": sizes}, indent=1))
     log.info("saved %s", final)
     if keep_last > 0:
-        for old in list_checkpoints(output_dir)[:-keep_last]:
-            shutil.rmtree(old)
+        # Never the one just saved: after --resume-from an earlier step, the newest folder
+        # name may be a broken checkpoint, or one of the abandoned steps.
+        others = [p for p in list_checkpoints(output_dir) if p != final]
+        for old in others[:max(len(others) - keep_last + 1, 0)]:
+            remove_dir(old)
     return final
 
 
-def list_checkpoints(output_dir: str | Path) -> list[Path]:
-    """Complete checkpoints of a run, oldest first (temporary folders are ignored)."""
+def recover_checkpoints(output_dir: str | Path) -> None:
+    """Clean up what a killed save left in a run folder (:func:`reasoning.files.clean_leftovers`).
+    Only the process that trains into ``output_dir`` may call it."""
+    clean_leftovers(output_dir, "checkpoint-*")
+
+
+def find_damage(ckpt: Path) -> str | None:
+    """What keeps ``ckpt`` from being a whole checkpoint, or None when it is one.
+
+    A checkpoint written before COMPLETE_FILE existed counts as whole when it holds the
+    REQUIRED_FILES (their sizes cannot be checked), so that older runs still load."""
+    marker = ckpt / COMPLETE_FILE
+    if not marker.is_file():
+        missing = [name for name in REQUIRED_FILES if not (ckpt / name).is_file()]
+        return f"{missing[0]} is missing (and so is {COMPLETE_FILE})" if missing else None
+    try:
+        sizes = json.loads(marker.read_text())["files"]
+    except (ValueError, KeyError) as err:
+        return f"{COMPLETE_FILE} does not parse ({type(err).__name__}: {err})"
+    for name, size in sizes.items():
+        if not (ckpt / name).is_file():
+            return f"{name} is missing"
+        if (ckpt / name).stat().st_size != size:
+            return f"{name} is {(ckpt / name).stat().st_size} bytes, {size} were written"
+    return None
+
+
+def checkpoint_dirs(output_dir: str | Path) -> list[Path]:
+    """Every ``checkpoint-<step>`` folder of a run, whole or not, oldest first."""
     output_dir = Path(output_dir)
     if not output_dir.is_dir():
         return []
@@ -113,25 +160,75 @@ def list_checkpoints(output_dir: str | Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def list_checkpoints(output_dir: str | Path) -> list[Path]:
+    """The whole checkpoints of a run, oldest first. A damaged one is left out with a warning
+    that names it; the temporary folders of a killed save are not checkpoints."""
+    whole, unmarked = [], 0
+    for ckpt in checkpoint_dirs(output_dir):
+        damage = find_damage(ckpt)
+        if damage is not None:
+            log.warning("%s is skipped, it is not a whole checkpoint: %s. Delete it once you no longer "
+                        "need what is left of it.", ckpt, damage)
+            continue
+        whole.append(ckpt)
+        unmarked += not (ckpt / COMPLETE_FILE).is_file()
+    if unmarked:
+        log.warning("%s: %d checkpoint(s) without %s (written by an older emoreason) are used without "
+                    "checking their files", output_dir, unmarked, COMPLETE_FILE)
+    return whole
+
+
+def _fix(ckpt: Path) -> str:
+    return (f"Resume from an earlier checkpoint with --resume-from PATH (explain and eval: --checkpoint PATH), "
+            f"or delete {ckpt} so that the run's previous whole checkpoint is used.")
+
+
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint folder, or a run folder (its latest checkpoint)."""
+    """A checkpoint folder (which must be whole), or a run folder (its latest whole checkpoint)."""
     path = Path(path)
-    if (path / STATE_FILE).is_file():
+    if (path / STATE_FILE).is_file() or (path / COMPLETE_FILE).is_file() or \
+            (CHECKPOINT_RE.match(path.name) and path.is_dir()):
+        damage = find_damage(path)
+        if damage is not None:
+            raise CheckpointError(f"{path}: not a whole checkpoint, {damage}. {_fix(path)}")
         return path
     found = list_checkpoints(path)
     if not found:
-        raise UserError(f"{path}: no checkpoint here. Pass a run folder that holds checkpoint-* "
+        damaged = " (the damaged ones are named in the warnings above)" if checkpoint_dirs(path) else ""
+        raise UserError(f"{path}: no whole checkpoint here{damaged}. Pass a run folder that holds checkpoint-* "
                         "folders (train.output_dir) or one checkpoint folder.")
     return found[-1]
+
+
+def _read(ckpt: Path, name: str, load):
+    """``load(ckpt / name)``, with a file that does not load turned into a CheckpointError that
+    names it and the fix (torch's own advice, to load with ``weights_only=False``, is wrong
+    for a damaged file)."""
+    try:
+        return load(ckpt / name)
+    except READ_ERRORS as err:
+        reason = "garbled, or more than tensors" if isinstance(err, pickle.UnpicklingError) \
+            else str(err).splitlines()[0][:200]
+        raise CheckpointError(f"{ckpt / name}: does not load ({type(err).__name__}: {reason}). "
+                              f"{_fix(ckpt)}") from err
+
+
+def _load_json(path: Path):
+    return json.loads(path.read_text())
+
+
+def read_state(ckpt: Path) -> dict:
+    """The trainer state of a checkpoint: step, epoch, batch, ``finished``, loss history."""
+    return _read(ckpt, STATE_FILE, _load_json)
 
 
 def load_trainable(model, ckpt: Path) -> None:
     """Load the adapter and module weights of ``ckpt`` into an already built model."""
     from peft import set_peft_model_state_dict
 
-    adapter = ckpt / ADAPTER_DIR / "adapter_model.safetensors"
-    set_peft_model_state_dict(model.llm, load_file(adapter))
-    missing, unexpected = model.load_state_dict(load_file(ckpt / MODULES_FILE), strict=False)
+    _read(ckpt, ADAPTER_CONFIG, _load_json)  # unused here, but peft.PeftModel.from_pretrained reads it
+    set_peft_model_state_dict(model.llm, _read(ckpt, ADAPTER_WEIGHTS, load_file))
+    missing, unexpected = model.load_state_dict(_read(ckpt, MODULES_FILE, load_file), strict=False)
     expected = module_state(model).keys()
     absent = [k for k in missing if k in expected]
     if absent or unexpected:
@@ -147,7 +244,7 @@ def load_for_inference(path: str | Path):
     from reasoning.builders import build_model
 
     ckpt = resolve_checkpoint(path)
-    recipe = load_recipe(ckpt / RECIPE_NAME)
+    recipe = _read(ckpt, RECIPE_NAME, load_recipe)
     model, tokenizer = build_model(recipe, caches=False)
     load_trainable(model, ckpt)
     model.eval()
@@ -156,7 +253,8 @@ def load_for_inference(path: str | Path):
 
 def load_training_state(ckpt: Path, optimizer, scheduler) -> dict:
     """Restore optimizer, scheduler and RNG; return the trainer state."""
-    optimizer.load_state_dict(torch.load(ckpt / OPTIMIZER_FILE, weights_only=True))
-    scheduler.load_state_dict(torch.load(ckpt / SCHEDULER_FILE, weights_only=True))
-    torch.set_rng_state(load_file(ckpt / RNG_FILE)["torch"])
-    return json.loads((ckpt / STATE_FILE).read_text())
+    load_tensors = partial(torch.load, weights_only=True)
+    optimizer.load_state_dict(_read(ckpt, OPTIMIZER_FILE, load_tensors))
+    scheduler.load_state_dict(_read(ckpt, SCHEDULER_FILE, load_tensors))
+    torch.set_rng_state(_read(ckpt, RNG_FILE, load_file)["torch"])
+    return read_state(ckpt)

@@ -15,3 +15,7 @@ class RecipeError(UserError):
 
 class ManifestError(UserError):
     """A manifest line that breaks the contract of DESIGN.md."""
+
+
+class CheckpointError(UserError):
+    """A checkpoint folder that is not whole or holds a file that does not load."""

@@ -3,12 +3,15 @@ telling when a file the caches read has changed."""
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
+
+log = logging.getLogger(__name__)
 
 
 @contextmanager
@@ -18,7 +21,9 @@ def atomic_dir(final: str | Path) -> Iterator[Path]:
 
     An existing ``final`` is first renamed aside and deleted only after the new folder is in
     place, so a complete copy exists at every moment (under the ``.old-`` name for the instant
-    between the two renames).
+    between the two renames: :func:`clean_leftovers` puts it back if the process dies there).
+    The new folder's files reach the disk before the rename does, so a power cut cannot leave
+    empty files under the final name.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -26,6 +31,10 @@ def atomic_dir(final: str | Path) -> Iterator[Path]:
     try:
         yield tmp
         os.chmod(tmp, dir_mode())  # mkdtemp makes it 0700 whatever the umask
+        for folder, _, names in os.walk(tmp):
+            for name in names:
+                _fsync(os.path.join(folder, name))
+            _fsync(folder)
         old = None
         if final.exists():
             old = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.old-"))
@@ -36,10 +45,47 @@ def atomic_dir(final: str | Path) -> Iterator[Path]:
             if old is not None:  # the swap failed: the old copy goes back in place
                 os.replace(old, final)
             raise
+        _fsync(final.parent)
         if old is not None:
             shutil.rmtree(old)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def remove_dir(path: str | Path) -> None:
+    """Delete a folder so that a process killed midway leaves no part of it under its name:
+    it is renamed aside (``.<name>.del-*``, which :func:`clean_leftovers` deletes) first."""
+    path = Path(path)
+    aside = tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.del-")
+    os.replace(path, aside)
+    shutil.rmtree(aside)
+
+
+def clean_leftovers(parent: str | Path, names: str) -> None:
+    """Finish what a killed :func:`atomic_dir` or :func:`remove_dir` left in ``parent`` for
+    the folders called ``names`` (a glob): an old copy renamed aside whose new copy never
+    arrived goes back in place, every other temporary folder is deleted.
+
+    Only the process that writes ``parent`` may call it: in another one, it would delete the
+    folder a running save is writing."""
+    parent = Path(parent)
+    for aside in sorted(parent.glob(f".{names}.old-*")):
+        final = parent / aside.name[1:].rpartition(".old-")[0]
+        if not final.exists():
+            os.replace(aside, final)
+            log.warning("put %s back as %s: the save that was replacing it was killed", aside.name, final)
+    for tag in ("tmp", "old", "del"):
+        for left in sorted(parent.glob(f".{names}.{tag}-*")):
+            shutil.rmtree(left)
+            log.info("removed %s, left in %s by a save that was killed", left.name, parent)
+
+
+def _fsync(path: str | Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 @contextmanager

@@ -21,8 +21,8 @@ from tqdm.auto import tqdm
 
 from reasoning.audio import duration
 from reasoning.builders import build_model, materialize
-from reasoning.checkpoint import (list_checkpoints, load_trainable, load_training_state, resolve_checkpoint,
-                                 save_checkpoint)
+from reasoning.checkpoint import (checkpoint_dirs, load_trainable, load_training_state, recover_checkpoints,
+                                 resolve_checkpoint, save_checkpoint)
 from reasoning.config import RECIPE_NAME, Recipe, describe_fields, load_recipe, save_recipe
 from reasoning.augment import build_augmenter
 from reasoning.data import VA_PROMPT_TASKS, AudioCache, Collator, PromptBuilder, TaskSchedule, task_target
@@ -90,7 +90,10 @@ class TrainRecipe:
 
     def _setup_output(self) -> None:
         self.output_dir = Path(self.recipe.train.output_dir)
-        found = list_checkpoints(self.output_dir)
+        if self.accelerator.is_main_process:  # before anything looks for the latest checkpoint
+            recover_checkpoints(self.output_dir)
+        self.accelerator.wait_for_everyone()
+        found = checkpoint_dirs(self.output_dir)
         if found and not self.resume:
             raise UserError(f"{self.output_dir}: already holds a run ({len(found)} checkpoint(s), the latest "
                             f"{found[-1].name}). Continue it with --resume, or set train.output_dir to a new "

@@ -65,3 +65,27 @@ def test_atomic_file_keeps_the_old_file_until_the_new_one_is_whole(tmp_path):
     finally:
         os.umask(old)
     assert target.read_text() == "new\n" and stat.S_IMODE(target.stat().st_mode) == 0o664
+
+
+def test_atomic_dir_flushes_every_file_to_disk_before_the_swap(tmp_path, monkeypatch):
+    """Without it a power cut after the rename can leave empty files under a whole name."""
+    synced, swaps = [], []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    def replace(src, dst):
+        swaps.append(set(synced))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(files.os, "fsync", fsync)
+    monkeypatch.setattr(files.os, "replace", replace)
+    with atomic_dir(tmp_path / "checkpoint-000004") as tmp:
+        (tmp / "adapter").mkdir()
+        (tmp / "adapter" / "weights").write_text("w")
+        (tmp / "state.json").write_text("{}")
+        written = {str(p.resolve()) for p in [tmp, tmp / "adapter", tmp / "adapter" / "weights", tmp / "state.json"]}
+    assert written - swaps[0] == set(), "each file and folder is on disk before the rename"
+    assert str(tmp_path.resolve()) in synced[len(swaps[0]):], "and so is the rename"

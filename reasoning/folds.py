@@ -18,7 +18,7 @@ protocol           label column    labels                                       
 * **official** (MELD): train on ``split == "train"``, select on ``dev``, report ``test``.
 
 Session and speaker folds are speaker-independent, and :func:`iter_folds` checks it: a test
-speaker found in a training or dev row raises :class:`reasoning.prepare.splits.LeakageError` naming the speaker.
+speaker found in a training or dev row raises :class:`SpeakerLeakError` naming the speaker.
 MELD's official split is not speaker-independent by design (the six main characters of
 Friends speak in every split), so the check does not apply there; the overlap is logged.
 
@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator, NamedTuple, Sequence
 
 from reasoning.errors import ManifestError, UserError
+from reasoning.prepare.splits import LeakageError as SpeakerLeakError  # noqa: F401 - raised here, by that name
 from reasoning.prepare.splits import check_speaker_disjoint
 
 log = logging.getLogger(__name__)
@@ -133,7 +134,7 @@ def _speaker(row: dict, protocol: Protocol) -> str:
 
 
 def check_speaker_independent(fold: Fold) -> None:
-    """Raise :class:`reasoning.prepare.splits.LeakageError` if a test speaker has a training or dev row."""
+    """Raise :class:`SpeakerLeakError` if a test speaker has a training or dev row."""
     for part, rows in (("training", fold.train), ("dev", fold.dev)):
         check_speaker_disjoint(rows, fold.test, names=(f"fold {fold.name} {part}", f"fold {fold.name} test"))
 
@@ -189,7 +190,7 @@ def iter_folds(rows: Sequence[dict], protocol: Protocol, dev_speakers: int = 0,
 
     ``rows`` should already be filtered by :func:`select_rows`. ``only`` yields just the
     fold of that name (a :class:`UserError` lists the names when there is none).
-    Speaker-independent protocols are checked fold by fold (:class:`reasoning.prepare.splits.LeakageError`).
+    Speaker-independent protocols are checked fold by fold (:class:`SpeakerLeakError`).
     """
     rows = list(rows)
     if protocol.folds == "official":

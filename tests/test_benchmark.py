@@ -29,7 +29,7 @@ def test_benchmark_trains_every_fold_and_reports_beside_the_baselines(tmp_path, 
         assert list(fold.glob("checkpoint-*"))
     metrics = json.loads((run / "eval" / "metrics.json").read_text())
     assert len(metrics["folds"]) == 4
-    assert metrics["systems"]["model"]["pooled"]["n"] == 48 or metrics["rows"]["kept"] == 48
+    assert metrics["systems"]["model"]["pooled"]["n"] == 48 and metrics["rows"]["kept"] == 48
     assert (run / "eval" / "report.md").is_file()
     # the probe reads the encoder the folds materialised from model.speech.config
     probe = metrics["systems"]["probe"]

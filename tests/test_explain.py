@@ -46,7 +46,7 @@ def test_explain_bad_input_names_the_file(trained, tmp_path, capsys):
     assert "bad.wav" in capsys.readouterr().err
     sf.write(tmp_path / "ok.wav", np.zeros(1600, np.float32), 16000)
     assert main(["explain", str(tmp_path / "ok.wav"), "--checkpoint", str(tmp_path)]) == 2
-    assert "no checkpoint here" in capsys.readouterr().err
+    assert "no whole checkpoint here" in capsys.readouterr().err
 
 
 def test_stereo_48k_clip_is_explained(trained, tmp_path, capsys):

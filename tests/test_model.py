@@ -152,8 +152,14 @@ def test_feature_fusion_and_opensmile_build(tmp_path):
     model, tokenizer = build_model(recipe)
     assert model.num_audio_tokens == 16
     collate = Collator(PromptBuilder(tokenizer, recipe.data.labels, 16), AudioCache())
-    losses = model(collate(read_manifest(SAMPLES)[:2], "emotion"))
-    assert torch.isfinite(losses["loss"])
+    batch = collate(read_manifest(SAMPLES)[:2], "emotion")
+    audio = model.encode_audio(batch["waves"], batch["wave_lengths"])
+    assert audio.shape == (2, 16, model.llm.get_input_embeddings().weight.shape[1])
+    model(batch)["loss"].backward()
+    # feature fusion: each audio position mixes both encoders, so both branches learn
+    for part in (model.fuse, model.projectors["speech"], model.projectors["paralinguistic"],
+                 model.paralinguistic_encoder.net):
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in part.parameters())
 
 
 def test_soft_targets_train_with_gradient_checkpointing(tmp_path):

@@ -41,9 +41,13 @@ def test_phased_epochs_then_a_joint_one():
 
 def test_ranks_get_equal_disjoint_shares_of_every_batch():
     s = TaskSchedule({"emotion": list(range(11))}, {"emotion": 1}, 2, world_size=2)
+    seen = []
     for _, batch in s.plan(0):
         r0, r1 = s.shard(batch, 0, 2), s.shard(batch, 1, 2)
-        assert len(r0) == len(r1) and not set(r0) & set(r1) or batch.count(batch[0]) > 1
+        assert len(r0) == len(r1) == 2 and not set(r0) & set(r1)
+        seen += batch
+    # 11 examples in global batches of 4: the last batch is filled up with earlier examples
+    assert set(seen) == set(range(11)) and len(seen) == 12
 
 
 def test_class_balanced_undersampling_and_weighted_sampling():

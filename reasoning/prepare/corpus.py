@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from reasoning import files
 from reasoning.prepare.splits import DEFAULT_FRACTIONS
 from reasoning.prepare.va import DerivedVAConfig
 
@@ -105,7 +105,7 @@ def file_stamp(path: str | Path) -> str:
     without reading it. The format is part of every output's fingerprint: changing it
     would make every earlier output look stale."""
     try:
-        st = os.stat(path)
+        size, mtime_ns = files.file_stamp(path)
     except OSError:
         return "missing"
-    return f"{st.st_size}\0{st.st_mtime_ns}"
+    return f"{size}\0{mtime_ns}"

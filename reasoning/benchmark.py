@@ -18,7 +18,8 @@ import logging
 import os
 from pathlib import Path
 
-from reasoning.checkpoint import list_checkpoints, read_state, recover_checkpoints
+from reasoning.checkpoint import (add_device_argument, list_checkpoints, read_state, recover_checkpoints,
+                                  resolve_device)
 from reasoning.config import RECIPE_NAME, load_recipe
 from reasoning.errors import RecipeError
 from reasoning.evaluate import PROBE_NAME, checkpoint_predictor, evaluate_rows
@@ -41,7 +42,7 @@ def _finished(run_dir: Path) -> bool:
     return bool(read_state(found[-1]).get("finished"))
 
 
-def run_benchmark(recipe, only_fold: str | None = None) -> dict:
+def run_benchmark(recipe, only_fold: str | None = None, device: str | None = None) -> dict:
     """Train each fold's model, then evaluate all folds with the baselines. Returns the
     evaluation result (what ``metrics.json`` holds)."""
     if recipe.eval.protocol is None:
@@ -75,7 +76,7 @@ def run_benchmark(recipe, only_fold: str | None = None) -> dict:
     # by the launcher, whether or not a fold was trained in this launch.
     if int(os.environ.get("RANK", 0)) != 0:
         return {}
-    predictor, hashes = checkpoint_predictor(root, [f.name for f in folds])
+    predictor, hashes = checkpoint_predictor(root, [f.name for f in folds], device)
     meta = {"manifest": str(Path(recipe.data.train_manifest).resolve()), "checkpoint": str(root.resolve()),
             "recipe_hash": hashes}
     probe_speech = None
@@ -92,12 +93,14 @@ def run_benchmark(recipe, only_fold: str | None = None) -> dict:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("recipe", help="a recipe YAML with eval.protocol set")
     parser.add_argument("--fold", default=None, help="run only this fold (e.g. speaker-03, session5)")
+    add_device_argument(parser)
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted recipe overrides")
 
 
 def run(args: argparse.Namespace) -> int:
+    resolve_device(args.device)
     recipe = load_recipe(args.recipe, args.overrides)
-    result = run_benchmark(recipe, args.fold)
+    result = run_benchmark(recipe, args.fold, args.device)
     if not result:  # another process of the launch evaluated and prints
         return 0
     out = Path(recipe.train.output_dir) / EVAL_DIR

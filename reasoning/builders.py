@@ -136,8 +136,10 @@ def build_paralinguistic_encoder(cfg) -> nn.Module | None:
     return SSLEncoder(ssl, cfg.layer)
 
 
-def build_llm(cfg, lora):
-    """The causal LM wrapped with LoRA (and loaded in 4-bit NF4 for QLoRA), and its tokenizer."""
+def build_llm(cfg, lora, device: torch.device | None = None):
+    """The causal LM wrapped with LoRA (and loaded in 4-bit NF4 for QLoRA), and its tokenizer.
+    A 4-bit LLM is loaded onto ``device`` (default: the current GPU): bitsandbytes places its
+    weights once and cannot move them."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
@@ -147,6 +149,8 @@ def build_llm(cfg, lora):
         kw["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=compute)
+        kw["device_map"] = {"": device if device is not None else torch.device("cuda", torch.cuda.current_device())
+                            if torch.cuda.is_available() else "cpu"}
     llm = _from_pretrained(AutoModelForCausalLM, cfg.path, "model.llm", **kw)
     tokenizer = _from_pretrained(AutoTokenizer, cfg.tokenizer or cfg.path, "model.llm.tokenizer")
     if cfg.quantization == "4bit":
@@ -203,13 +207,15 @@ def assemble(recipe: Recipe, speech: nn.Module, para: nn.Module | None, llm: nn.
         va_in_emotion=h.va_in_emotion)
 
 
-def build_model(recipe: Recipe, caches: bool = True) -> tuple[DualEncoderLLM, object]:
+def build_model(recipe: Recipe, caches: bool = True, device: torch.device | None = None
+                ) -> tuple[DualEncoderLLM, object]:
     """Assemble the full model from a recipe whose parts all have a ``path``. ``caches``:
-    attach the recipe's encoder-output cache (training; prediction never uses it)."""
+    attach the recipe's encoder-output cache (training; prediction never uses it).
+    ``device``: where a 4-bit LLM is loaded (the caller places the rest)."""
     m = recipe.model
     speech = build_speech_encoder(m.speech)
     para = build_paralinguistic_encoder(m.paralinguistic)
-    llm, tokenizer = build_llm(m.llm, recipe.lora)
+    llm, tokenizer = build_llm(m.llm, recipe.lora, device)
     model = assemble(recipe, speech, para, llm)
     if caches and m.encoder_cache:
         attach_caches(model, recipe)

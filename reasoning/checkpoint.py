@@ -236,17 +236,43 @@ def load_trainable(model, ckpt: Path) -> None:
                         f"unexpected {unexpected[:5]}). Was the recipe edited after training?")
 
 
-def load_for_inference(path: str | Path):
-    """Rebuild the model of a checkpoint (or run folder) for prediction.
+def resolve_device(device: str | None) -> torch.device:
+    """The device of ``--device``: by default the GPU when there is one, else the CPU."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        chosen = torch.device(device)
+    except RuntimeError as err:
+        raise UserError(f"--device {device}: not a device ({err}); use cpu, cuda or cuda:N.") from err
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: no GPU is visible to torch here (torch.cuda.is_available() "
+                        "is False); use --device cpu, or a CUDA build of torch on a GPU machine.")
+    return chosen
 
-    Returns ``(model, tokenizer, recipe, checkpoint_path)`` with the model in eval mode.
+
+def add_device_argument(parser) -> None:
+    """``--device`` of the commands that predict (explain, eval, benchmark)."""
+    parser.add_argument("--device", default=None,
+                        help="where the model predicts: cpu, cuda or cuda:N (default: the GPU when there is one)")
+
+
+def load_for_inference(path: str | Path, device: str | torch.device = "cpu"):
+    """Rebuild the model of a checkpoint (or run folder) for prediction, on ``device``.
+
+    Returns ``(model, tokenizer, recipe, checkpoint_path)`` with the model in eval mode. A
+    4-bit (QLoRA) LLM is loaded straight onto the device by bitsandbytes, which cannot
+    move it afterwards; the other parts follow it there.
     """
     from reasoning.builders import build_model
 
+    device = torch.device(device)
     ckpt = resolve_checkpoint(path)
     recipe = _read(ckpt, RECIPE_NAME, load_recipe)
-    model, tokenizer = build_model(recipe, caches=False)
+    model, tokenizer = build_model(recipe, caches=False, device=device)
     load_trainable(model, ckpt)
+    for name, part in model.named_children():
+        if not (name == "llm" and recipe.model.llm.quantization == "4bit"):
+            part.to(device)
     model.eval()
     return model, tokenizer, recipe, ckpt
 

@@ -265,6 +265,11 @@ class Collator:
         return batch
 
 
+def to_device(batch: dict, device) -> dict:
+    """``batch`` with its tensors on ``device`` (the rest as it is)."""
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
 def _number(value) -> float:
     return float("nan") if value is None else float(value)
 

@@ -38,8 +38,6 @@ every system, so all systems are scored on the same utterances; they are counted
 from __future__ import annotations
 
 import argparse
-import hashlib
-import importlib
 import json
 import logging
 import os
@@ -52,6 +50,8 @@ import numpy as np
 from reasoning.baselines import (BASELINE_NAMES, BASELINES, DEFAULT_BASELINES, EGEMAPS_CACHE_NAME,
                                  PROBE_CACHE_DIR, EgemapsCache, extract_egemaps,
                                  missing_transcripts)
+from reasoning.checkpoint import add_device_argument, resolve_device
+from reasoning.config import RECIPE_NAME, SpeechEncoderConfig, load_recipe, recipe_hash
 from reasoning.errors import UserError
 from reasoning.folds import (PROTOCOLS, Protocol, aggregate_folds, get_protocol, iter_folds,
                              select_rows)
@@ -67,7 +67,6 @@ ORACLE_NAME = "model-oracle-va"
 PROBE_NAME = "probe"
 PROBE_FLAG = "--probe-encoder"
 PREDICTIONS_DIR = "predictions"
-RECIPE_FILE = "recipe.yaml"
 
 # (fold name, test rows) -> prediction dict
 Predictor = Callable[[str, list[dict]], dict]
@@ -84,6 +83,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", default=None,
                         help="trained model (a folder per fold for multi-fold protocols, or "
                         "use --fold); without it only the baselines run")
+    add_device_argument(parser)
     parser.add_argument("--baselines", default=",".join(DEFAULT_BASELINES),
                         help=f"comma-separated subset of {','.join(BASELINE_NAMES)}, or 'none' "
                         f"(default: {','.join(DEFAULT_BASELINES)}; tfidf runs only where every "
@@ -174,19 +174,13 @@ def score_prediction(rows: Sequence[dict], pred: dict, label_set: Sequence[str],
 
 
 def _recipe_hash(checkpoint: Path) -> str | None:
-    """The lead's recipe hash of ``checkpoint/recipe.yaml`` (sha256 of the file as a
-    fallback when the recipe module is unavailable); None without a recipe."""
-    path = checkpoint / RECIPE_FILE
-    if not path.is_file():
-        return None
-    try:
-        from reasoning.config import load_recipe, recipe_hash
-    except ImportError:
-        return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()[:12]
-    return recipe_hash(load_recipe(path))
+    """The recipe hash of ``checkpoint/recipe.yaml``; None without a recipe."""
+    path = checkpoint / RECIPE_NAME
+    return recipe_hash(load_recipe(path)) if path.is_file() else None
 
 
-def checkpoint_predictor(checkpoint: str | Path, folds: Sequence[str]) -> tuple[Predictor, dict]:
+def checkpoint_predictor(checkpoint: str | Path, folds: Sequence[str],
+                         device: str | None = None) -> tuple[Predictor, dict]:
     """A :data:`Predictor` over ``reasoning.explain.predict_rows`` and the recipe hash(es).
 
     Each fold uses ``checkpoint/<fold>`` when that folder exists; a single fold may use
@@ -204,15 +198,12 @@ def checkpoint_predictor(checkpoint: str | Path, folds: Sequence[str]) -> tuple[
                 "must be trained per fold (one folder each), or pass --fold NAME to evaluate "
                 "one fold with this checkpoint.")
         per_fold = {folds[0]: root}
-    try:
-        predict_rows = importlib.import_module("reasoning.explain").predict_rows
-    except (ImportError, AttributeError) as err:
-        raise UserError(f"--checkpoint needs reasoning.explain.predict_rows, which is not "
-                        f"available ({err}).") from err
+    from reasoning.explain import predict_rows  # the inference stack (transformers, peft)
+
     hashes = {f: _recipe_hash(p) for f, p in per_fold.items()}
 
     def predict(fold: str, rows: list[dict]) -> dict:
-        return predict_rows(str(per_fold[fold]), rows)
+        return predict_rows(str(per_fold[fold]), rows, device=device)
 
     return predict, hashes
 
@@ -222,7 +213,6 @@ def probe_speech_config(encoder: str | None, checkpoint: str | Path | None = Non
     """The ``model.speech`` config of the probe's encoder: ``SpeechEncoderConfig(path=encoder)``
     (defaults for the rest) when given, else the one in the checkpoint's ``recipe.yaml``
     (``checkpoint/<fold>/`` first, then ``checkpoint/``). None when neither is given."""
-    from reasoning.config import SpeechEncoderConfig, load_recipe
     from reasoning.pretrained import resolve_model_path
 
     if encoder is not None:
@@ -236,10 +226,10 @@ def probe_speech_config(encoder: str | None, checkpoint: str | Path | None = Non
     if checkpoint is None:
         return None
     root = Path(checkpoint)
-    for path in [root / f / RECIPE_FILE for f in folds] + [root / RECIPE_FILE]:
+    for path in [root / f / RECIPE_NAME for f in folds] + [root / RECIPE_NAME]:
         if path.is_file():
             return load_recipe(path).model.speech
-    raise UserError(f"--checkpoint {root}: no {RECIPE_FILE} there (nor in a fold folder) to "
+    raise UserError(f"--checkpoint {root}: no {RECIPE_NAME} there (nor in a fold folder) to "
                     f"take the probe's speech encoder from; pass {PROBE_FLAG} PATH.")
 
 
@@ -464,6 +454,7 @@ def evaluate_rows(rows: Sequence[dict], protocol: Protocol | str, out_dir: str |
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of `emoreason eval`."""
+    resolve_device(args.device)
     baselines = parse_baselines(args.baselines)
     protocol = get_protocol(args.protocol)
     rows = read_manifest(args.manifest)
@@ -472,7 +463,7 @@ def run(args: argparse.Namespace) -> int:
     if args.checkpoint:
         selected, _, _ = select_rows(rows, protocol)
         names = [f.name for f in iter_folds(selected, protocol, args.dev_speakers, args.fold)]
-        predictor, hashes = checkpoint_predictor(args.checkpoint, names)
+        predictor, hashes = checkpoint_predictor(args.checkpoint, names, args.device)
         values = set(hashes.values())
         meta.update(checkpoint=str(Path(args.checkpoint).resolve()),
                     recipe_hash=values.pop() if len(values) == 1 else hashes)

@@ -25,8 +25,8 @@ import torch
 from tqdm.auto import tqdm
 
 from reasoning.audio import SAMPLE_RATE, duration, load_audio
-from reasoning.checkpoint import load_for_inference
-from reasoning.data import AudioCache, Collator, PromptBuilder
+from reasoning.checkpoint import add_device_argument, load_for_inference, resolve_device
+from reasoning.data import AudioCache, Collator, PromptBuilder, to_device
 from reasoning.errors import AudioError, UserError
 
 log = logging.getLogger(__name__)
@@ -38,8 +38,9 @@ class Explainer:
     """A loaded checkpoint that predicts, in batches, for manifest-like rows."""
 
     def __init__(self, checkpoint: str | Path, batch_size: int = 16, max_new_tokens: int = 48,
-                 top_k: int = 3):
-        self.model, self.tokenizer, self.recipe, self.checkpoint = load_for_inference(checkpoint)
+                 top_k: int = 3, device: str | None = None):
+        self.device = resolve_device(device)
+        self.model, self.tokenizer, self.recipe, self.checkpoint = load_for_inference(checkpoint, self.device)
         self.labels = list(self.recipe.data.labels)
         self.prompt = self.recipe.prompt
         self.builder = PromptBuilder(self.tokenizer, self.labels, self.model.num_audio_tokens,
@@ -65,7 +66,7 @@ class Explainer:
             return [r["transcript"].strip() for r in rows]
         if mode == "asr":
             m, b = self.model, self.builder
-            a_in = {**batch, **self.collate.prompt_batch("asr", [{} for _ in rows])}
+            a_in = {**batch, **self._prompts("asr", [{} for _ in rows])}
             new = m.generate(a_in, eos_token_id=b.turn_end_ids, pad_token_id=b.pad_id,
                              max_new_tokens=self.prompt.asr_max_tokens, prompt_embeds=m.embed_prompt(a_in, audio))
             return [self.tokenizer.decode(t, skip_special_tokens=True).strip() for t in new]
@@ -73,20 +74,23 @@ class Explainer:
 
     def _label_probs(self, batch: dict, contexts: list[dict], audio: torch.Tensor, with_va: bool = False):
         """Label probabilities, and with ``with_va`` (probabilities, VA) from the same pass."""
-        e_in = {**batch, **self.collate.prompt_batch("emotion", contexts)}
+        e_in = {**batch, **self._prompts("emotion", contexts)}
         out = self.model.score_labels(e_in, self.model.embed_prompt(e_in, audio), with_va=with_va)
-        return (out[0].exp().numpy(), out[1].numpy()) if with_va else out.exp().numpy()
+        return (out[0].exp().cpu().numpy(), out[1].cpu().numpy()) if with_va else out.exp().cpu().numpy()
+
+    def _prompts(self, task: str, contexts: list[dict]) -> dict:
+        return to_device(self.collate.prompt_batch(task, contexts), self.device)
 
     @torch.no_grad()
     def predict_batch(self, rows: list[dict], rationale: bool = True, oracle: bool = False) -> list[dict]:
         m, b = self.model, self.builder
-        emo = self.collate(rows, "emotion", contexts=[{} for _ in rows])
+        emo = to_device(self.collate(rows, "emotion", contexts=[{} for _ in rows]), self.device)
         audio = m.encode_audio(emo["waves"], emo["wave_lengths"])  # encoded once for all prompts
         transcripts = self.transcripts(rows, emo, audio)
         ctx = [{"transcript": t} for t in transcripts] if transcripts is not None else [{} for _ in rows]
         if self.prompt.two_step:  # the label is scored after the predicted valence and arousal
-            va_in = {**emo, **self.collate.prompt_batch("va", ctx)}
-            va = m.predict_va(va_in, m.embed_prompt(va_in, audio)).numpy()
+            va_in = {**emo, **self._prompts("va", ctx)}
+            va = m.predict_va(va_in, m.embed_prompt(va_in, audio)).cpu().numpy()
             ctx = [{**c, "va": (float(v[0]), float(v[1]))} for c, v in zip(ctx, va)]
             probs = self._label_probs(emo, ctx, audio)
         else:  # the VA head reads the audio positions of the label prompt's pass
@@ -103,7 +107,7 @@ class Explainer:
             oracle_probs = self._label_probs(emo, gold, audio)
         texts = [None] * len(rows)
         if rationale:
-            r_in = {**emo, **self.collate.prompt_batch("rationale", ctx)}
+            r_in = {**emo, **self._prompts("rationale", ctx)}
             new = m.generate(r_in, eos_token_id=b.turn_end_ids, pad_token_id=b.pad_id,
                              max_new_tokens=self.max_new_tokens, prompt_embeds=m.embed_prompt(r_in, audio))
             texts = [self.tokenizer.decode(t, skip_special_tokens=True).strip() for t in new]
@@ -228,10 +232,10 @@ def verify_rationales(pred: dict, rows: list[dict]) -> dict:
 
 
 def predict_rows(checkpoint: str | Path, rows: list[dict], rationale: bool = True,
-                 batch_size: int = 16) -> dict:
+                 batch_size: int = 16, device: str | None = None) -> dict:
     """Predictions for manifest rows, in the form ``emoreason eval`` consumes, with the
     generated rationales checked by the verifier."""
-    explainer = Explainer(checkpoint, batch_size)
+    explainer = Explainer(checkpoint, batch_size, device=device)
     preds = explainer.predict(rows, rationale, oracle=explainer.prompt.two_step)
     return verify_rationales(prediction_dict(explainer.labels, preds, explainer.prompt_meta()), rows)
 
@@ -272,6 +276,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-k", type=int, default=3, help="labels listed per clip")
     parser.add_argument("--max-new-tokens", type=int, default=48, help="length limit of the rationale")
     parser.add_argument("--no-rationale", action="store_true", help="skip rationale generation")
+    add_device_argument(parser)
 
 
 def readable_clips(clips: list[Path]) -> tuple[list[Path], list[str]]:
@@ -290,12 +295,13 @@ def run(args: argparse.Namespace) -> int:
     """Explain every readable clip. Clips are checked before the model loads; one that cannot
     be read is reported on stderr and the others go on (exit status 1 then). Progress goes to
     stderr, so ``--json`` output on stdout stays clean."""
+    resolve_device(args.device)  # a wrong --device fails before any clip is read
     clips, bad = readable_clips(find_clips(args.paths))
     for message in bad:
         print(f"emoreason explain: skipped: {message}", file=sys.stderr)
     if not clips:
         raise UserError(f"none of the {len(bad)} clip(s) could be read (see above).")
-    explainer = Explainer(args.checkpoint, args.batch_size, args.max_new_tokens, args.top_k)
+    explainer = Explainer(args.checkpoint, args.batch_size, args.max_new_tokens, args.top_k, args.device)
     rows = [{"id": c.stem, "audio": str(c)} for c in clips]
     preds = explainer.predict(rows, rationale=not args.no_rationale, progress=True)
     if args.json:

@@ -25,7 +25,8 @@ from reasoning.checkpoint import (checkpoint_dirs, load_trainable, load_training
                                  resolve_checkpoint, save_checkpoint)
 from reasoning.config import RECIPE_NAME, Recipe, describe_fields, load_recipe, save_recipe
 from reasoning.augment import build_augmenter
-from reasoning.data import VA_PROMPT_TASKS, AudioCache, Collator, PromptBuilder, TaskSchedule, task_target
+from reasoning.data import (VA_PROMPT_TASKS, AudioCache, Collator, PromptBuilder, TaskSchedule, task_target,
+                            to_device)
 from reasoning.distributed import gather_rows, layer_classes
 from reasoning.errors import RecipeError, UserError
 from reasoning.manifest import read_manifest
@@ -236,7 +237,7 @@ class TrainRecipe:
         """The batch of this process; ``epoch`` marks a training batch (augmented, when on)."""
         mine = TaskSchedule.shard(indices, self.rank, self.world)
         batch = self.collate([self.rows[i] for i in mine], task, epoch=epoch)
-        return {k: v.to(self.accelerator.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        return to_device(batch, self.accelerator.device)
 
     def _mask_frozen_parts(self, parts: list[str] | None) -> None:
         """`phased` schedule: parts outside this phase get no gradient, so AdamW leaves them

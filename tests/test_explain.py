@@ -3,9 +3,10 @@ import shutil
 
 import numpy as np
 import soundfile as sf
+import torch
 
 from reasoning.cli import main
-
+from reasoning.explain import Explainer
 
 
 def test_explain_a_folder_as_json(trained, tmp_path, capsys):
@@ -112,3 +113,25 @@ def test_clips_are_checked_before_the_model_is_loaded(tmp_path, capsys):
     assert main(["explain", str(bad), "--checkpoint", str(tmp_path / "no_run")]) == 2
     err = capsys.readouterr().err
     assert "bad.wav" in err and "no checkpoint" not in err
+
+
+def test_device_flag_defaults_to_the_gpu_when_there_is_one_and_refuses_a_missing_one(trained, tmp_path, capsys,
+                                                                                 monkeypatch):
+    from reasoning.checkpoint import resolve_device
+
+    trainer, _ = trained
+    sf.write(tmp_path / "ok.wav", np.zeros(1600, np.float32), 16000)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert str(resolve_device(None)) == "cpu"
+    for command in (["explain", str(tmp_path / "ok.wav"), "--checkpoint", str(trainer.output_dir)],
+                    ["eval", "--manifest", str(tmp_path / "m.jsonl"), "--protocol", "loso", "--out",
+                     str(tmp_path / "e"), "--checkpoint", str(trainer.output_dir)],
+                    ["benchmark", str(tmp_path / "r.yaml")]):
+        assert main([*command, "--device", "cuda"]) == 2
+        assert "--device cuda: no GPU" in capsys.readouterr().err
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert str(resolve_device(None)) == "cuda"
+    # explained on the device asked for: every tensor of the model is there
+    explainer = Explainer(trainer.output_dir, device="cpu")
+    assert {p.device.type for p in explainer.model.parameters()} == {"cpu"}
+    assert explainer.predict([{"id": "ok", "audio": str(tmp_path / "ok.wav")}], rationale=False)[0]["emotion"]

@@ -172,7 +172,7 @@ def test_checkpoint_seam_per_fold(tmp_path, monkeypatch):
         (ckpt / f"speaker-s{s}").mkdir(parents=True)
     calls = []
 
-    def predict_rows(checkpoint_dir, rows):
+    def predict_rows(checkpoint_dir, rows, device=None):
         calls.append((Path(checkpoint_dir).name, {r["speaker"] for r in rows}))
         # the model's own label order, plus a label the protocol does not score
         labels = ["sad", "angry", "neutral"]
@@ -200,7 +200,7 @@ def test_clear_errors(tmp_path, capsys, monkeypatch):
     assert main(base + ["--baselines", "majority,svm"]) == 2
     assert "unknown ['svm']" in capsys.readouterr().err
     monkeypatch.setitem(sys.modules, "reasoning.explain",
-                        types.SimpleNamespace(predict_rows=lambda c, r: None))
+                        types.SimpleNamespace(predict_rows=lambda c, r, device=None: None))
     (tmp_path / "one").mkdir()
     assert main(base + ["--checkpoint", str(tmp_path / "one")]) == 2
     err = capsys.readouterr().err

@@ -114,8 +114,9 @@ def _logistic() -> LogisticRegression:
 
 # ------------------------------------------------------------------------------ eGeMAPS
 
-def clip_key(row: Mapping) -> str:
-    """Cache key of a row's clip: absolute audio path, start and end."""
+def audio_span(row: Mapping) -> str:
+    """The eGeMAPS cache's key of a row's clip: absolute audio path, start and end (the
+    file's size and mtime are stored beside it)."""
     start = "" if row.get("start") is None else repr(float(row["start"]))
     end = "" if row.get("end") is None else repr(float(row["end"]))
     return f"{os.path.abspath(str(row['audio']))}|{start}|{end}"
@@ -153,7 +154,7 @@ class EgemapsCache:
 
     def features(self, row: Mapping) -> np.ndarray:
         """The 88 functionals of one row's clip (shape (88,)); raises :class:`AudioError`."""
-        key = clip_key(row)
+        key = audio_span(row)
         path = str(row["audio"])
         try:
             stamp = file_stamp(path)

@@ -21,7 +21,6 @@ from torch import nn
 from reasoning.cache import EncoderCache, encode_with_cache
 
 IGNORE = -100
-PARTS = ("speech", "paralinguistic", "llm", "heads")
 
 
 def pool_frames(x: torch.Tensor, lengths: torch.Tensor, num_tokens: int) -> torch.Tensor:

@@ -22,7 +22,7 @@ from reasoning.evidence import measure_manifest
 from reasoning.explain import Explainer, format_summary, prediction_dict, verify_rationales
 from reasoning.manifest import read_manifest, write_manifest
 from reasoning.rationales import write_rationales
-from reasoning.train import TrainRecipe, select_rows
+from reasoning.train import TrainRecipe, rows_in_splits
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         log.warning("the loss did not fall for every task: %s", curve)
 
     print("== 3/4 evaluate on the held-out speaker (split: test)")
-    test = select_rows(read_manifest(d.eval_manifest or d.train_manifest), d.eval_split)
+    test = rows_in_splits(read_manifest(d.eval_manifest or d.train_manifest), d.eval_split)
     explainer = Explainer(out)
     pred = verify_rationales(prediction_dict(explainer.labels, explainer.predict(test, progress=False)), test)
     metrics = score_prediction(test, pred, explainer.labels, "emotion")

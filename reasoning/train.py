@@ -36,7 +36,8 @@ log = logging.getLogger(__name__)
 HISTORY_FILE = "losses.jsonl"
 
 
-def select_rows(rows: list[dict], splits: list[str]) -> list[dict]:
+def rows_in_splits(rows: list[dict], splits: list[str]) -> list[dict]:
+    """The rows of ``splits`` (all rows when empty): ``data.train_split``, ``data.eval_split``."""
     return [r for r in rows if not splits or r.get("split") in splits]
 
 
@@ -108,7 +109,7 @@ class TrainRecipe:
                 from reasoning.saliency import resolve_auto_layer
 
                 d = self.recipe.data
-                resolve_auto_layer(self.recipe, select_rows(read_manifest(d.train_manifest), d.train_split),
+                resolve_auto_layer(self.recipe, rows_in_splits(read_manifest(d.train_manifest), d.train_split),
                                    self.output_dir, self.accelerator.device)
             save_recipe(self.recipe, self.output_dir / RECIPE_NAME)
         self.accelerator.wait_for_everyone()
@@ -130,7 +131,7 @@ class TrainRecipe:
 
     def _setup_data(self) -> None:
         d, r = self.recipe.data, self.recipe
-        rows = select_rows(read_manifest(d.train_manifest), d.train_split)
+        rows = rows_in_splits(read_manifest(d.train_manifest), d.train_split)
         if not rows:
             raise UserError(f"{d.train_manifest}: no rows in split(s) {d.train_split}. "
                             "Check data.train_split against the manifest's `split` values.")

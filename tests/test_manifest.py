@@ -42,3 +42,19 @@ def test_a_wrongly_typed_field_is_named_with_its_line_and_type(tmp_path, key, va
         read_manifest(path)
     msg = str(err.value)
     assert f"{path}:2" in msg and key in msg and expected in msg, msg
+
+
+def test_a_rewritten_manifest_follows_the_umask(tmp_path):
+    """mkstemp makes 0600 files: a manifest rewritten in place was private on a shared machine."""
+    import os
+    import stat
+
+    from reasoning.manifest import write_manifest
+
+    path = tmp_path / "manifest.jsonl"
+    old = os.umask(0o002)
+    try:
+        write_manifest([{"id": "a", "audio": "a.wav"}], path)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o664

@@ -31,10 +31,14 @@ RECIPE = REPO / "recipes" / "quickstart.yaml"
 
 
 def loss_curve(history: list[dict], n: int = 5) -> dict[str, tuple[float, float]]:
-    """Per task, the mean loss of its first and of its last ``n`` batches."""
+    """Per task, the mean loss of its first and of its last ``n`` batches; ``va`` is the VA
+    loss wherever the head learns it (``va`` batches, and emotion batches with
+    ``heads.va_in_emotion``)."""
     by_task: dict[str, list[float]] = {}
     for h in history:
         by_task.setdefault(h["task"], []).append(h["loss"])
+        if h["task"] != "va" and "va" in h:
+            by_task.setdefault("va", []).append(h["va"])
     return {t: (float(np.mean(v[:n])), float(np.mean(v[-n:]))) for t, v in by_task.items()}
 
 

@@ -386,7 +386,7 @@ def _batch(task: str, lengths: Lengths, recipe: Recipe) -> dict:
              "target_mask": torch.ones(B, T, dtype=torch.long), "gender": torch.full((B,), -1)}
     if T > 1:  # targets of a batch differ in length: the LLM runs with a padding mask
         batch["target_mask"][0, -1] = 0
-    if task == "va":
+    if task in ("va", "emotion"):  # emotion batches train the VA head with heads.va_in_emotion
         batch["va"] = torch.zeros(B, 2)
     if task == "emotion" and lengths.labels:
         batch["label_ids"] = torch.zeros(lengths.labels, lengths.label_tokens, dtype=torch.long)

@@ -83,11 +83,16 @@ class VAHead(nn.Module):
         return torch.tanh(self.mlp(self.norm(pooled)))
 
 
-def ccc(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Concordance correlation coefficient per column of (N, D) inputs -> (D,)."""
-    pm, tm = pred.mean(0), target.mean(0)
-    cov = ((pred - pm) * (target - tm)).mean(0)
-    return 2 * cov / (pred.var(0, unbiased=False) + target.var(0, unbiased=False) + (pm - tm) ** 2 + 1e-8)
+def ccc(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Concordance correlation coefficient per column of (N, D) inputs -> (D,); ``weight``
+    (N, 1) of 0 and 1 leaves rows out without indexing (no value is read, so a memory
+    trace on fake tensors can follow it)."""
+    w = torch.ones_like(pred[:, :1]) if weight is None else weight
+    n = w.sum().clamp(min=1)
+    pm, tm = (w * pred).sum(0) / n, (w * target).sum(0) / n
+    cov = (w * (pred - pm) * (target - tm)).sum(0) / n
+    var_p, var_t = (w * (pred - pm) ** 2).sum(0) / n, (w * (target - tm) ** 2).sum(0) / n
+    return 2 * cov / (var_p + var_t + (pm - tm) ** 2 + 1e-8)
 
 
 def ccc_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -208,12 +213,15 @@ class DualEncoderLLM(nn.Module):
         process's 4-8 clips is not the CCC of the batch."""
         if self.gather is not None:
             pred, target = self.gather(pred, fill=0.0), self.gather(target.to(pred.dtype))
-        known = torch.isfinite(target).all(-1)
-        if not known.any():
-            return pred.sum() * 0
-        pred, target = pred[known], target[known]
-        return (ccc_loss(pred, target) if "ccc" in self.va_loss else 0) + \
-            (F.mse_loss(pred, target) if "mse" in self.va_loss else 0)
+        known = torch.isfinite(target).all(-1, keepdim=True)          # (N, 1)
+        w = known.to(pred.dtype)
+        target = torch.where(known, target, torch.zeros_like(target))
+        loss = pred.sum() * 0
+        if "ccc" in self.va_loss:
+            loss = loss + (1 - ccc(pred, target, w)).mean()
+        if "mse" in self.va_loss:
+            loss = loss + (w * (pred - target) ** 2).sum() / (w.sum() * pred.shape[1]).clamp(min=1)
+        return loss * (w.sum() > 0)
 
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
         """Losses of one single-task batch: ``{"loss": total, <component>: value, ...}``.

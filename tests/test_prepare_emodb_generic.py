@@ -318,3 +318,19 @@ def test_csv_rows_with_the_wrong_fields_are_errors(tmp_path, body, what, fix):
     table.write_text("audio,emotion,speaker\nz.wav,sad,s0\n" + body)
     with pytest.raises(UserError, match=rf"meta.csv:3: .*{re.escape(what)}.*{fix}"):
         prepare("generic", table, tmp_path / "out", labels_only=True, split="random")
+
+
+def test_prepare_refuses_a_manifest_another_stage_is_changing(tmp_path, capsys):
+    """prepare reads the old manifest's evidence and rationales and writes it anew: while
+    `evidence` or `rationales` holds it, prepare would overwrite their work."""
+    import os
+
+    from reasoning.manifest import locked_manifest
+
+    root, out = small_emodb(tmp_path / "emodb"), tmp_path / "out"
+    prep = ["prepare", "emodb", "--root", str(root), "--out", str(out), "--workers", "1", "--force"]
+    assert main(prep) == 0
+    with locked_manifest(out / "manifest.jsonl", "evidence"):
+        assert main(prep) == 2
+    assert f"`emoreason evidence` (pid {os.getpid()}) is changing this manifest" in capsys.readouterr().err
+    assert main(prep) == 0  # once the other stage is done

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from reasoning import __version__
 from reasoning.errors import UserError
-from reasoning.manifest import FIELDS, MANIFEST_NAME, write_manifest
+from reasoning.manifest import FIELDS, MANIFEST_NAME, locked_manifest, write_manifest
 from reasoning.prepare import card as card_mod
 from reasoning.prepare import emodb, generic, iemocap, meld
 from reasoning.prepare.clips import ClipTask, process_clips
@@ -231,65 +231,68 @@ def prepare(dataset: str, root: str | Path, out: str | Path,
                  manifest_path)
         return PrepareResult(manifest_path, md_path, old, skipped=True)
     out.mkdir(parents=True, exist_ok=True)
-    downstream = read_downstream(manifest_path)
+    # Held from reading the old manifest (its evidence and rationales) to writing the new one,
+    # so that `evidence` or `rationales` cannot rewrite it in between.
+    with locked_manifest(manifest_path, "prepare"):
+        downstream = read_downstream(manifest_path)
 
-    if opts.labels_only:
-        rows = corpus.rows
-        present = sum(1 for r in rows if r.get("_src") and os.path.isfile(r["_src"]))
-        audio_text = (f"not read (--labels-only): the manifest was written from the annotations "
-                      f"alone; `audio` paths point where the clips are expected ({present} of "
-                      f"{len(rows)} present now)")
-        durations = [r["_duration"] for r in rows if r.get("_duration")]
-        durations_source = "the annotations' time stamps (no audio read)"
-    else:
-        rows, audio_text = _read_audio(corpus, opts)
-        durations = [r["duration"] for r in rows]
-        durations_source = "the decoded audio"
+        if opts.labels_only:
+            rows = corpus.rows
+            present = sum(1 for r in rows if r.get("_src") and os.path.isfile(r["_src"]))
+            audio_text = (f"not read (--labels-only): the manifest was written from the annotations "
+                          f"alone; `audio` paths point where the clips are expected ({present} of "
+                          f"{len(rows)} present now)")
+            durations = [r["_duration"] for r in rows if r.get("_duration")]
+            durations_source = "the annotations' time stamps (no audio read)"
+        else:
+            rows, audio_text = _read_audio(corpus, opts)
+            durations = [r["duration"] for r in rows]
+            durations_source = "the decoded audio"
 
-    va_source, va_text = _derive_va(rows, corpus, opts)
+        va_source, va_text = _derive_va(rows, corpus, opts)
 
-    strategy = opts.split or corpus.default_split
-    disjoint = _assign_splits(rows, strategy, corpus, opts)
-    ids = Counter(r["id"] for r in rows)
-    dup = [i for i, n in ids.items() if n > 1]
-    if dup:  # loaders drop duplicates; this guards the manifest contract itself
-        raise UserError(f"duplicate id {dup[0]!r} in {root}; ids must be unique.")
-    labels = _keep_other(rows, list(corpus.labels)) if opts.keep_other else list(corpus.labels)
-    kept, excluded = apply_protocol(rows, labels)
-    for entry in corpus.dropped:   # the card names the root once; keep "where" short
-        if entry["where"].startswith(str(root) + os.sep):
-            entry["where"] = entry["where"][len(str(root)) + 1:]
+        strategy = opts.split or corpus.default_split
+        disjoint = _assign_splits(rows, strategy, corpus, opts)
+        ids = Counter(r["id"] for r in rows)
+        dup = [i for i, n in ids.items() if n > 1]
+        if dup:  # loaders drop duplicates; this guards the manifest contract itself
+            raise UserError(f"duplicate id {dup[0]!r} in {root}; ids must be unique.")
+        labels = _keep_other(rows, list(corpus.labels)) if opts.keep_other else list(corpus.labels)
+        kept, excluded = apply_protocol(rows, labels)
+        for entry in corpus.dropped:   # the card names the root once; keep "where" short
+            if entry["where"].startswith(str(root) + os.sep):
+                entry["where"] = entry["where"][len(str(root)) + 1:]
 
-    manifest_rows = [_clean(r) for r in rows]
-    digests = {r["id"]: row_digest(r, out) for r in manifest_rows}
-    carry_over(manifest_rows, downstream, digests, (old or {}).get("row_digests"), manifest_path)
-    write_manifest(manifest_rows, manifest_path)
-    card = {
-        "dataset": corpus.dataset, "version": __version__, "prepare_version": PREPARE_VERSION,
-        "command": _command(dataset, root, out, opts), "root": str(root.resolve()),
-        "manifest": MANIFEST_NAME, "rows": len(rows), "labels_only": opts.labels_only,
-        "audio": audio_text,
-        "protocol": {"name": protocol.name, "description": protocol.description,
-                     "labels": labels, "rows_in": len(kept), "keep_other": opts.keep_other,
-                     "excluded": [{"id": r["id"], "label": r["emotion"], "reason": why}
-                                  for r, why in excluded]},
-        "split": {"strategy": strategy, "speaker_disjoint": disjoint,
-                  "description": SPLIT_DESCRIPTIONS[strategy]
-                  + (" (speaker-disjoint: checked)" if disjoint else
-                     " (not speaker-disjoint)" if strategy == "official" else "")},
-        "va": {"source": va_source, "description": va_text,
-               "config": opts.va_config.as_dict() if va_source == "derived" else None},
-        "counts": card_mod.counts(rows),
-        "durations": card_mod.duration_stats(durations),
-        "durations_source": durations_source,
-        "dropped": corpus.dropped, "problems": corpus.problems, "notes": corpus.notes,
-        "options": opts.fingerprint_dict(),
-        # After the audio stage, so extracted WAVs count as inputs of the next run.
-        "fingerprint": _fingerprint(dataset, root, corpus, opts),
-        # What each row's evidence and rationale depend on, for the next run's carry_over.
-        "row_digests": digests,
-    }
-    card_mod.write_card(card, out)
+        manifest_rows = [_clean(r) for r in rows]
+        digests = {r["id"]: row_digest(r, out) for r in manifest_rows}
+        carry_over(manifest_rows, downstream, digests, (old or {}).get("row_digests"), manifest_path)
+        write_manifest(manifest_rows, manifest_path)
+        card = {
+            "dataset": corpus.dataset, "version": __version__, "prepare_version": PREPARE_VERSION,
+            "command": _command(dataset, root, out, opts), "root": str(root.resolve()),
+            "manifest": MANIFEST_NAME, "rows": len(rows), "labels_only": opts.labels_only,
+            "audio": audio_text,
+            "protocol": {"name": protocol.name, "description": protocol.description,
+                         "labels": labels, "rows_in": len(kept), "keep_other": opts.keep_other,
+                         "excluded": [{"id": r["id"], "label": r["emotion"], "reason": why}
+                                      for r, why in excluded]},
+            "split": {"strategy": strategy, "speaker_disjoint": disjoint,
+                      "description": SPLIT_DESCRIPTIONS[strategy]
+                      + (" (speaker-disjoint: checked)" if disjoint else
+                         " (not speaker-disjoint)" if strategy == "official" else "")},
+            "va": {"source": va_source, "description": va_text,
+                   "config": opts.va_config.as_dict() if va_source == "derived" else None},
+            "counts": card_mod.counts(rows),
+            "durations": card_mod.duration_stats(durations),
+            "durations_source": durations_source,
+            "dropped": corpus.dropped, "problems": corpus.problems, "notes": corpus.notes,
+            "options": opts.fingerprint_dict(),
+            # After the audio stage, so extracted WAVs count as inputs of the next run.
+            "fingerprint": _fingerprint(dataset, root, corpus, opts),
+            # What each row's evidence and rationale depend on, for the next run's carry_over.
+            "row_digests": digests,
+        }
+        card_mod.write_card(card, out)
     for split, per_label in card["counts"]["label_by_split"].items():
         log.info("%s %s: %d rows (%s)", corpus.dataset, split, sum(per_label.values()),
                  ", ".join(f"{k} {v}" for k, v in sorted(per_label.items(), key=lambda kv: -kv[1])))

@@ -149,8 +149,9 @@ def build_llm(cfg, lora, device: torch.device | None = None):
         kw["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=compute)
-        kw["device_map"] = {"": device if device is not None else torch.device("cuda", torch.cuda.current_device())
-                            if torch.cuda.is_available() else "cpu"}
+        if device is None:
+            device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else "cpu"
+        kw["device_map"] = {"": device}
     llm = _from_pretrained(AutoModelForCausalLM, cfg.path, "model.llm", **kw)
     tokenizer = _from_pretrained(AutoTokenizer, cfg.tokenizer or cfg.path, "model.llm.tokenizer")
     if cfg.quantization == "4bit":

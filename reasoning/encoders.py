@@ -19,6 +19,7 @@ from reasoning.audio import SAMPLE_RATE
 
 WHISPER_HOP = 160            # samples per mel frame (10 ms)
 WHISPER_WINDOW_FRAMES = 3000  # 30 s of mel frames
+WHISPER_WINDOW_SAMPLES = WHISPER_WINDOW_FRAMES * WHISPER_HOP
 WHISPER_N_FFT = 400          # STFT window (25 ms)
 
 
@@ -53,7 +54,7 @@ class WhisperSpeechEncoder(nn.Module):
         longest = max(len(a) for a in arrays)
         # trim: at least half an STFT window of zeros after every clip, so that its last frames
         # are computed from zeros whether it is alone or beside a longer clip.
-        window = WHISPER_WINDOW_FRAMES * WHISPER_HOP
+        window = WHISPER_WINDOW_SAMPLES
         target = window if self.mel_policy == "pad30" else min(longest + WHISPER_N_FFT // 2, window)
         # Round up to an even number of frames so the stride-2 convolution sees whole pairs.
         target = -(-target // (2 * WHISPER_HOP)) * 2 * WHISPER_HOP
@@ -72,9 +73,8 @@ class WhisperSpeechEncoder(nn.Module):
         A clip longer than Whisper's 30 s window is encoded in 30 s windows (the last one
         shorter), each as a clip of its own, and their frames are joined in order.
         """
-        window = WHISPER_WINDOW_FRAMES * WHISPER_HOP
-        if waves.shape[-1] > window:  # the shape, not the lengths: no value is read (memory traces)
-            return self._windowed(waves, wave_lengths, upto, window)
+        if waves.shape[-1] > WHISPER_WINDOW_SAMPLES:  # the shape, not the lengths: no value is read (memory traces)
+            return self._windowed(waves, wave_lengths, upto)
         enc = self.encoder
         n = len(enc.layers)
         upto = n if upto is None else upto
@@ -106,8 +106,9 @@ class WhisperSpeechEncoder(nn.Module):
             states[-1] = enc.layer_norm(x)
         return states, lengths
 
-    def _windowed(self, waves: torch.Tensor, wave_lengths: torch.Tensor, upto: int | None,
-                  window: int) -> tuple[list[torch.Tensor], torch.Tensor]:
+    def _windowed(self, waves: torch.Tensor, wave_lengths: torch.Tensor,
+                  upto: int | None) -> tuple[list[torch.Tensor], torch.Tensor]:
+        window = WHISPER_WINDOW_SAMPLES
         pieces, owner = [], []
         for b, n in enumerate(wave_lengths.tolist()):
             for start in range(0, max(n, 1), window):

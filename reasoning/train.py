@@ -154,7 +154,8 @@ class TrainRecipe:
                 log.warning("task asr: %d clip(s) longer than model.speech.max_seconds (%g s) are left "
                             "out, e.g. %s: they are cut, and their transcripts are not", len(long), limit,
                             rows[long[0]]["id"])
-                examples["asr"] = [i for i in examples["asr"] if i not in set(long)]
+                left_out = set(long)
+                examples["asr"] = [i for i in examples["asr"] if i not in left_out]
         self._check_prompt_inputs(rows, examples)
         for task, idx in examples.items():
             if not idx:

@@ -27,6 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from reasoning.cache import EncoderCache, encoder_key
+from reasoning.checkpoint import resolve_device
 from reasoning.data import AudioCache, cut_clip
 from reasoning.encoders import WhisperSpeechEncoder
 from reasoning.errors import AudioError
@@ -124,4 +125,4 @@ def load_probe_encoder(speech) -> WhisperSpeechEncoder:
 
     encoder = build_speech_encoder(speech)
     encoder.requires_grad_(False)
-    return encoder.to("cuda" if torch.cuda.is_available() else "cpu").eval()
+    return encoder.to(resolve_device(None)).eval()

@@ -1,6 +1,7 @@
 """Corpus preparation: a corpus as released -> ``manifest.jsonl`` + dataset card.
 
-``prepare("iemocap" | "meld" | "emodb" | "generic", root, out, ...)`` is the Python form of
+``prepare("iemocap" | "meld" | "emodb" | "msp-podcast" | "generic", root, out, ...)`` is the
+Python form of
 ``emoreason prepare``. Stages: parse the annotations (one loader per corpus), decode and
 check every clip (MELD: extract it to 16 kHz WAV first) in a pool of worker processes,
 derive valence/arousal where the corpus has none, assign and check the splits, then write
@@ -28,7 +29,7 @@ from reasoning import __version__
 from reasoning.errors import UserError
 from reasoning.manifest import FIELDS, MANIFEST_NAME, locked_manifest, write_manifest
 from reasoning.prepare import card as card_mod
-from reasoning.prepare import emodb, generic, iemocap, meld
+from reasoning.prepare import emodb, generic, iemocap, meld, msp_podcast
 from reasoning.prepare.clips import ClipTask, process_clips
 from reasoning.prepare.carryover import carry_over, read_downstream, row_digest
 from reasoning.prepare.corpus import Corpus, PrepareOptions, file_stamp
@@ -48,7 +49,7 @@ __all__ = ["prepare", "PrepareOptions", "PrepareResult", "DATASETS", "PROTOCOLS"
 log = logging.getLogger(__name__)
 
 LOADERS = {"iemocap": iemocap.load, "meld": meld.load, "emodb": emodb.load,
-           "generic": generic.load}
+           "msp-podcast": msp_podcast.load, "generic": generic.load}
 DATASETS = tuple(LOADERS)
 # Bump when the same input would now give a different manifest, so old outputs are redone.
 PREPARE_VERSION = 1
@@ -126,7 +127,7 @@ def _read_audio(corpus: Corpus, opts: PrepareOptions) -> tuple[list[dict], str]:
 def _derive_va(rows: list[dict], corpus: Corpus, opts: PrepareOptions) -> tuple[str | None, str]:
     """Fill derived valence/arousal where the corpus has none; (va_source, card text)."""
     if corpus.va_source == "annotated":
-        return "annotated", "annotated by the corpus, mapped linearly to [-1, 1]"
+        return "annotated", corpus.va_description or "annotated by the corpus, mapped linearly to [-1, 1]"
     measured = [r for r in rows if r.get("_features")]
     if corpus.va_source != "derived" or not measured:
         why = ("no audio read, so none derived" if opts.labels_only else

@@ -68,7 +68,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "CSV/TSV/JSONL table")
     parser.add_argument("--root", required=True,
                         help="the corpus as released (IEMOCAP_full_release, the MELD CSV "
-                             "folder, the EmoDB folder, a label-folder tree or a table file)")
+                             "folder, the EmoDB folder, the MSP-Podcast folder holding Labels/, "
+                             "a label-folder tree or a table file)")
     parser.add_argument("--out", required=True,
                         help="output folder: manifest.jsonl, card.md, card.json (and audio/ "
                              "for MELD's extracted WAVs)")
@@ -77,7 +78,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true",
                         help="redo the preparation even when the output is up to date")
     parser.add_argument("--protocol", choices=sorted(PROTOCOLS),
-                        help="label protocol (default: iemocap4, meld7, emodb7, all)")
+                        help="label protocol (default: iemocap4, meld7, emodb7, msp-podcast, all)")
     parser.add_argument("--split", choices=SPLIT_STRATEGIES,
                         help="official (IEMOCAP sessions, MELD train/dev/test, a --split-col), "
                              "loso (leave one speaker out), speaker-random, random; default: "

@@ -57,6 +57,7 @@ class Corpus:
     problems: list[str] = field(default_factory=list)  # file-level trouble, with the fix
     notes: list[str] = field(default_factory=list)     # facts the card states
     va_source: str | None = None                       # "annotated" or "derived"
+    va_description: str | None = None                  # card text for annotated VA, if not the usual
     default_split: str = "official"
     official_speaker_disjoint: bool = True
     labels: tuple = ()                                 # the protocol's label set, resolved

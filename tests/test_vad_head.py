@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 import torch
 
+from reasoning.benchmark import run_benchmark
 from reasoning.config import load_recipe
 from reasoning.errors import RecipeError, UserError
 from reasoning.evaluate import checkpoint_predictor, evaluate_rows
+from reasoning.explain import Explainer, format_summary
 from reasoning.folds import get_protocol, iter_folds, select_rows
 from reasoning.manifest import read_manifest, write_manifest
 from reasoning.metrics import ccc
@@ -117,3 +119,22 @@ def test_a_vad_head_trains_and_is_evaluated_with_ccc_per_dimension(tmp_path):
         assert set(va) == set(VAD) and all(va[d]["n"] > 0 for d in VAD)
     records = [json.loads(x) for x in (tmp_path / "eval" / "predictions" / "model.jsonl").read_text().splitlines()]
     assert all(-1 <= r["dominance"] <= 1 for r in records) and len({r["dominance"] for r in records}) > 1
+    # explain shows the third dimension too
+    (pred,) = Explainer(trainer.output_dir).predict(rows[:1], rationale=False, progress=False)
+    assert set(VAD) <= set(pred) and f"dominance {pred['dominance']:+.2f}" in format_summary(pred)
+
+
+def test_benchmark_trains_one_model_for_every_test_set(tmp_path):
+    manifest = msp_like_manifest(tmp_path)
+    tree = tiny_recipe_tree(tmp_path / "bench", manifest, train={"max_steps": 2},
+                            data={"labels": MSP_LABELS, "tasks": {"emotion": 1.0, "va": 1.0}},
+                            heads={"dimensions": VAD},
+                            eval={"protocol": "msp-podcast", "baselines": ["majority"]})
+    result = run_benchmark(load_recipe(tree=tree))
+    root = tmp_path / "bench"
+    assert sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) == ["eval", "model"]
+    trained = read_manifest(root / "model" / "train.jsonl")
+    assert {r["split"] for r in trained} == {"train"} and len(trained) == 23
+    assert [f["name"] for f in result["folds"]] == ["dev", "test1", "test2"]
+    for fold in ("dev", "test1", "test2"):
+        assert set(result["systems"]["model"]["per_fold"][fold]["va"]["annotated"]) == set(VAD)

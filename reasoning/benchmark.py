@@ -2,7 +2,9 @@
 
 For each fold of ``eval.protocol`` (IEMOCAP: train on four sessions, test on the fifth;
 any corpus: leave one speaker out; MELD: the official split), the recipe is trained on the
-fold's training rows only, into ``<train.output_dir>/<fold>/``. Then :mod:`reasoning.evaluate`
+fold's training rows only, into ``<train.output_dir>/<fold>/``. Where every fold trains on
+the same rows (MSP-Podcast: Development and each test set), one model is trained, into
+``<train.output_dir>/model/``, and tested on every fold. Then :mod:`reasoning.evaluate`
 scores the fold models and the baselines on the same test rows and writes the report
 (mean ± std across folds) to ``<train.output_dir>/eval/``.
 
@@ -32,6 +34,7 @@ log = logging.getLogger(__name__)
 
 FOLD_MANIFEST = "train.jsonl"
 EVAL_DIR = "eval"
+SHARED_RUN = "model"  # the one run of a protocol whose folds share their training rows
 
 
 def _finished(run_dir: Path) -> bool:
@@ -46,7 +49,8 @@ def run_benchmark(recipe, only_fold: str | None = None, device: str | None = Non
     """Train each fold's model, then evaluate all folds with the baselines. Returns the
     evaluation result (what ``metrics.json`` holds)."""
     if recipe.eval.protocol is None:
-        raise RecipeError("eval.protocol is not set: choose iemocap4-loso, meld7, meld-sentiment or loso.")
+        raise RecipeError("eval.protocol is not set: choose iemocap4-loso, meld7, meld-sentiment, loso or "
+                          "msp-podcast.")
     protocol = get_protocol(recipe.eval.protocol)
     rows = read_manifest(recipe.data.train_manifest)
     kept, label_set, _ = select_rows(rows, protocol)
@@ -55,13 +59,16 @@ def run_benchmark(recipe, only_fold: str | None = None, device: str | None = Non
                           f"{label_set}: set data.labels to the protocol's, or leave it empty.")
     root = Path(recipe.train.output_dir)
     folds = list(iter_folds(kept, protocol, recipe.eval.dev_speakers, only_fold))
-    for i, fold in enumerate(folds, 1):
-        run_dir = root / fold.name
+    runs = [(f.name, f) for f in folds]
+    if protocol.separate_folds:  # MELD's one official fold keeps its folder name
+        runs = [(SHARED_RUN, folds[0])]
+    for i, (name, fold) in enumerate(runs, 1):
+        run_dir = root / name
         recover_checkpoints(run_dir)  # one process trains the folds: this one
         if _finished(run_dir):
-            log.info("fold %s (%d/%d): already trained in %s", fold.name, i, len(folds), run_dir)
+            log.info("fold %s (%d/%d): already trained in %s", name, i, len(runs), run_dir)
             continue
-        log.info("fold %s (%d/%d): training on %d rows, testing on %d", fold.name, i, len(folds),
+        log.info("fold %s (%d/%d): training on %d rows, testing on %d", name, i, len(runs),
                  len(fold.train), len(fold.test))
         fold_recipe = copy.deepcopy(recipe)
         fold_recipe.data.labels = list(recipe.data.labels or label_set)
@@ -76,7 +83,9 @@ def run_benchmark(recipe, only_fold: str | None = None, device: str | None = Non
     # by the launcher, whether or not a fold was trained in this launch.
     if int(os.environ.get("RANK", 0)) != 0:
         return {}
-    predictor, hashes = checkpoint_predictor(root, [f.name for f in folds], device)
+    trained = root / SHARED_RUN if protocol.separate_folds else root
+    predictor, hashes = checkpoint_predictor(trained, [f.name for f in folds], device,
+                                             shared=protocol.one_training_set)
     meta = {"manifest": str(Path(recipe.data.train_manifest).resolve()), "checkpoint": str(root.resolve()),
             "recipe_hash": hashes}
     probe_speech = None
@@ -84,7 +93,7 @@ def run_benchmark(recipe, only_fold: str | None = None, device: str | None = Non
         # An encoder built from `config` exists only as the folds' materialised copies (the
         # same seed, so the same weights): take the first fold's resolved recipe.
         probe_speech = (recipe.model.speech if recipe.model.speech.path is not None
-                        else load_recipe(root / folds[0].name / RECIPE_NAME).model.speech)
+                        else load_recipe(root / runs[0][0] / RECIPE_NAME).model.speech)
     return evaluate_rows(rows, protocol, root / EVAL_DIR, baselines=recipe.eval.baselines, predictor=predictor,
                          fold=only_fold, dev_speakers=recipe.eval.dev_speakers, meta=meta,
                          probe_speech=probe_speech)

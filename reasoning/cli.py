@@ -22,6 +22,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "prepare": ("reasoning.prepare.cli", "turn a corpus into a manifest.jsonl with a dataset card"),
     "evidence": ("reasoning.evidence.cli", "measure acoustic and lexical evidence per utterance"),
     "rationales": ("reasoning.rationales.cli", "write and verify rationales from the evidence"),
+    "export": ("reasoning.prepare.export_cli", "write a prepared manifest as a Hugging Face dataset (--to hf)"),
     "train": ("reasoning.train", "fine-tune a model from a YAML recipe"),
     "eval": ("reasoning.evaluate", "evaluate a checkpoint and the baselines on a manifest under a protocol"),
     "benchmark": ("reasoning.benchmark", "train and evaluate every fold of a protocol, baselines side by side"),

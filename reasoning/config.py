@@ -36,6 +36,8 @@ PARTS = ("speech", "paralinguistic", "llm", "heads")
 TRANSCRIPT_MODES = ("none", "gold", "asr")
 RATIONALE_ORDERS = ("label_then_rationale", "rationale_then_label")
 LAYER_TARGETS = ("emotion", "valence", "arousal")
+# `heads.dimensions`: what the VA head predicts, in this order (a VAD head adds dominance).
+HEAD_DIMENSIONS = (["valence", "arousal"], ["valence", "arousal", "dominance"])
 # augment.<key>: (lowest, highest) allowed value, and the unit for messages.
 AUGMENT_RANGES = {"speed": (0.5, 2.0, "x"), "tempo": (0.5, 2.0, "x"), "pitch": (-12.0, 12.0, "semitones"),
                   "snr_db": (-10.0, 80.0, "dB"), "gain_db": (-40.0, 40.0, "dB")}
@@ -136,6 +138,7 @@ class HeadsConfig:
     va_pooling: str = _f("mean", "Pooling of hidden states over the audio positions: `mean` or `attention`.")
     va_layer: int = _f(-1, "LLM hidden layer the VA head reads (-1 = last).")
     va_loss: str = _f("ccc", "`ccc` (1 - concordance correlation, per dimension), `mse`, or `ccc_mse`: their sum. CCC alone says almost nothing about the mean while the predictions barely vary (as they do at the start with a real LLM), so Adam's steps let the mean drift until tanh saturates; the MSE term holds it to the targets.")
+    dimensions: list = _f(["valence", "arousal"], "What the VA head predicts: [valence, arousal], or [valence, arousal, dominance] (a VAD head, for corpora annotated with dominance such as MSP-Podcast). The CCC loss is the mean over these dimensions, and a `va` example needs every one of them.")
     va_weight: float = _f(1.0, "Weight of the VA loss in `va` batches.")
     gender_weight: float = _f(0.0, "Weight of the auxiliary gender loss (0 turns the gender head off).")
     va_in_emotion: bool = _f(False, "Train the VA head in emotion batches too, on the hidden states of the pass that scores the label (the audio comes before every instruction, so under the causal mask those states are the VA prompt's): a VA update at every emotion step at no extra LLM cost, and a recipe may then drop the `va` task. Rows without VA targets are left out of that loss.")
@@ -148,6 +151,9 @@ class HeadsConfig:
             raise RecipeError(f"heads.va_loss: {self.va_loss!r} is not one of ccc, mse, ccc_mse.")
         if self.emotion_loss not in ("lm", "soft", "both"):
             raise RecipeError(f"heads.emotion_loss: {self.emotion_loss!r} is not one of lm, soft, both.")
+        if self.dimensions not in HEAD_DIMENSIONS:
+            raise RecipeError(f"heads.dimensions: {self.dimensions!r} is not one of "
+                              + " or ".join(f"[{', '.join(d)}]" for d in HEAD_DIMENSIONS) + ".")
 
 
 @dataclass

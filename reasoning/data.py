@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from reasoning.audio import SAMPLE_RATE, load_audio
+from reasoning.manifest import DIMENSIONS
 from reasoning.prepare.splits import balanced_subset, example_weights
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,8 @@ TRANSCRIPT_TASKS = ("emotion", "va", "rationale")
 # Tasks whose prompts carry valence and arousal in two-step mode (`prompt.two_step`): those that
 # name the label; never va, which predicts them.
 VA_PROMPT_TASKS = ("emotion", "rationale")
+# The VA head's dimensions unless the recipe's `heads.dimensions` adds dominance.
+VA_DIMENSIONS = DIMENSIONS[:2]
 
 
 def va_text(valence: float, arousal: float) -> str:
@@ -51,14 +54,16 @@ def order_rationale(text: str, label: str, order: str) -> str:
     return f"{body}, so: {label}" if body else f"so: {label}"
 
 
-def task_target(task: str, row: dict, labels: list[str]) -> str | None:
-    """The target text of ``row`` for ``task``, or None when the row cannot serve it."""
+def task_target(task: str, row: dict, labels: list[str],
+                dimensions: tuple[str, ...] | list[str] = VA_DIMENSIONS) -> str | None:
+    """The target text of ``row`` for ``task``, or None when the row cannot serve it (a
+    ``va`` row needs a value for each of the VA head's ``dimensions``)."""
     if task == "asr":
         return (row.get("transcript") or "").strip() or None
     if task == "emotion":
         return row["emotion"] if row.get("emotion") in labels else None
     if task == "va":
-        return "" if row.get("valence") is not None and row.get("arousal") is not None else None
+        return "" if all(row.get(d) is not None for d in dimensions) else None
     if task == "rationale":
         rationale = row.get("rationale") or {}
         text = (rationale.get("text") or "").strip()
@@ -179,6 +184,9 @@ class Collator:
     ``augment(wave, key)`` (training only) changes a clip's waveform; it runs only for
     batches built with a training ``epoch`` and never when ``cached`` is True (encoder
     outputs read from a cache were computed from the clean clip).
+
+    ``dimensions`` (the recipe's ``heads.dimensions``) are the columns of ``batch["va"]``,
+    (B, D), NaN where a row has no value.
     """
 
     builder: PromptBuilder
@@ -189,6 +197,7 @@ class Collator:
     augment: Callable[[np.ndarray, str], np.ndarray] | None = None
     cached: bool = False
     max_seconds: float | None = None
+    dimensions: tuple[str, ...] = VA_DIMENSIONS
 
     def context(self, row: dict, task: str) -> dict:
         """The gold prompt context of ``row`` for ``task``: ``{transcript, va}`` (None: absent)."""
@@ -242,7 +251,7 @@ class Collator:
             "gender": torch.tensor([{"f": 0, "m": 1}.get(r.get("gender"), -1) for r in rows]),
             **self.prompt_batch(task, contexts),
         }
-        texts = [task_target(task, r, b.labels) or "" for r in rows]
+        texts = [task_target(task, r, b.labels, self.dimensions) or "" for r in rows]
         if task == "rationale":
             texts = [order_rationale(t, r.get("emotion") or "", self.rationale_order) if t else t
                      for t, r in zip(texts, rows)]
@@ -254,7 +263,7 @@ class Collator:
             batch["target_ids"][i, : len(t)] = torch.tensor(t, dtype=torch.long)
             batch["target_mask"][i, : len(t)] = 1
         if task in ("va", "emotion"):  # NaN: no target (emotion rows need none)
-            batch["va"] = torch.tensor([[_number(r.get("valence")), _number(r.get("arousal"))] for r in rows],
+            batch["va"] = torch.tensor([[_number(r.get(d)) for d in self.dimensions] for r in rows],
                                        dtype=torch.float32)
         if task == "emotion" and b.labels:
             batch["label_ids"], batch["label_mask"] = b.label_tensors()

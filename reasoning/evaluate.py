@@ -1,6 +1,6 @@
 """`emoreason eval`: a checkpoint and the classical baselines under one protocol.
 
-    emoreason eval --manifest M --protocol iemocap4-loso|meld7|meld-sentiment|loso \\
+    emoreason eval --manifest M --protocol iemocap4-loso|meld7|meld-sentiment|loso|msp-podcast \\
         --out DIR [--checkpoint CKPT] [--baselines majority,egemaps,tfidf,probe]
         [--probe-encoder WHISPER_DIR]
 
@@ -16,6 +16,7 @@ The model seam: ``reasoning.explain.predict_rows(checkpoint_dir, rows)`` returns
      "scores": np.ndarray (N, L),    # label scores (probabilities or log-likelihoods)
      "label_set": [str] * L,         # column order of scores
      "valence": [float] * N | None, "arousal": [float] * N | None,
+     "dominance": [float] * N | None,          # optional: a VAD head's third dimension
      "rationales": [dict | None] * N | None,   # {text, writer, verdict, emotion}
      "transcripts": [str] * N | None,          # optional: ASR hypotheses
      "prompt": dict | None,                    # optional: what the prompts held (transcript mode...)
@@ -29,6 +30,8 @@ score are dropped and the prediction becomes the best-scored protocol label.
 Checkpoints under a multi-fold protocol: a model must not be tested on speakers it was
 trained on, so ``--checkpoint DIR`` needs one sub-folder per fold (``DIR/speaker-03``,
 ``DIR/session1``, ...), or ``--fold NAME`` to evaluate one fold with ``DIR`` itself.
+Under ``msp-podcast`` every fold trains on the same rows, so ``DIR`` itself serves all of
+them (each test set is still reported on its own).
 
 Rows whose audio is missing or unreadable (when a system needs audio) are left out for
 every system, so all systems are scored on the same utterances; they are counted in
@@ -55,7 +58,7 @@ from reasoning.config import RECIPE_NAME, SpeechEncoderConfig, load_recipe, reci
 from reasoning.errors import UserError
 from reasoning.folds import (PROTOCOLS, Protocol, aggregate_folds, get_protocol, iter_folds,
                              select_rows)
-from reasoning.manifest import read_manifest
+from reasoning.manifest import DIMENSIONS, read_manifest
 from reasoning.metrics import asr_metrics, emotion_metrics, rationale_metrics, va_metrics
 from reasoning.report import (METRICS_NAME, TABLE_NAME, json_default, package_versions,
                               write_json, write_report)
@@ -145,7 +148,7 @@ def align_prediction(pred: dict, label_set: Sequence[str], n: int, system: str) 
                         f"are not in its label_set {list(label_set)}.")
     out = dict(pred)
     out.update(labels=list(labels), scores=scores, label_set=list(label_set))
-    for key in ("valence", "arousal", "rationales", "transcripts"):
+    for key in (*DIMENSIONS, "rationales", "transcripts"):
         if out.get(key) is not None and len(out[key]) != n:
             raise UserError(f"{system}: '{key}' has {len(out[key])} values for {n} rows.")
     return out
@@ -161,7 +164,7 @@ def score_prediction(rows: Sequence[dict], pred: dict, label_set: Sequence[str],
     out = emotion_metrics(y_true, pred["labels"], label_set, scores=pred["scores"],
                           speakers=speakers if have_speakers else None,
                           genders=[r.get("gender") for r in rows] if have_speakers else None)
-    dims = [d for d in ("valence", "arousal") if pred.get(d) is not None]
+    dims = [d for d in DIMENSIONS if pred.get(d) is not None]
     if dims:
         out["va"] = va_metrics({d: [r.get(d) for r in rows] for d in dims},
                                {d: pred[d] for d in dims}, [r.get("va_source") for r in rows])
@@ -180,10 +183,11 @@ def _recipe_hash(checkpoint: Path) -> str | None:
 
 
 def checkpoint_predictor(checkpoint: str | Path, folds: Sequence[str],
-                         device: str | None = None) -> tuple[Predictor, dict]:
+                         device: str | None = None, shared: bool = False) -> tuple[Predictor, dict]:
     """A :data:`Predictor` over ``reasoning.explain.predict_rows`` and the recipe hash(es).
 
-    Each fold uses ``checkpoint/<fold>`` when that folder exists; a single fold may use
+    Each fold uses ``checkpoint/<fold>`` when that folder exists; a single fold, or folds
+    that all train on the same rows (``shared``: MSP-Podcast's test sets), may use
     ``checkpoint`` itself.
     """
     root = Path(checkpoint)
@@ -191,13 +195,13 @@ def checkpoint_predictor(checkpoint: str | Path, folds: Sequence[str],
         raise UserError(f"--checkpoint {root}: no such folder.")
     per_fold = {f: root / f for f in folds if (root / f).is_dir()}
     if len(per_fold) != len(folds):
-        if len(folds) > 1:
+        if len(folds) > 1 and not shared:
             raise UserError(
                 f"--checkpoint {root}: the protocol has {len(folds)} folds but the checkpoint "
                 f"has no sub-folder for {[f for f in folds if f not in per_fold][:3]}. A model "
                 "must be trained per fold (one folder each), or pass --fold NAME to evaluate "
                 "one fold with this checkpoint.")
-        per_fold = {folds[0]: root}
+        per_fold = {f: root for f in folds}
     from reasoning.explain import predict_rows  # the inference stack (transformers, peft)
 
     hashes = {f: _recipe_hash(p) for f, p in per_fold.items()}
@@ -287,9 +291,9 @@ def _drop_unusable(rows: list[dict], systems: list[str], cache_path: Path,
 class _Pool:
     """One system's test predictions gathered over the folds."""
 
-    OPTIONAL = ("valence", "arousal", "rationales", "transcripts")
+    OPTIONAL = (*DIMENSIONS, "rationales", "transcripts")
     # prediction key -> key of a line of predictions/<system>.jsonl
-    RECORD_KEYS = {"valence": "valence", "arousal": "arousal", "rationales": "rationale",
+    RECORD_KEYS = {**{d: d for d in DIMENSIONS}, "rationales": "rationale",
                    "transcripts": "asr_hypothesis"}
 
     def __init__(self) -> None:
@@ -326,7 +330,7 @@ class _Pool:
     def va_points(self) -> dict[str, tuple[list, list, list]]:
         """``{dim: (predictions, targets, sources)}`` of the rows that have both values."""
         out = {}
-        for dim in ("valence", "arousal"):
+        for dim in DIMENSIONS:
             if dim in self.present:
                 triples = [(p, r.get(dim), r.get("va_source"))
                            for p, r in zip(self.optional[dim], self.rows)
@@ -463,7 +467,8 @@ def run(args: argparse.Namespace) -> int:
     if args.checkpoint:
         selected, _, _ = select_rows(rows, protocol)
         names = [f.name for f in iter_folds(selected, protocol, args.dev_speakers, args.fold)]
-        predictor, hashes = checkpoint_predictor(args.checkpoint, names, args.device)
+        predictor, hashes = checkpoint_predictor(args.checkpoint, names, args.device,
+                                                 shared=protocol.one_training_set)
         values = set(hashes.values())
         meta.update(checkpoint=str(Path(args.checkpoint).resolve()),
                     recipe_hash=values.pop() if len(values) == 1 else hashes)

@@ -1,5 +1,5 @@
 """``emoreason explain PATH... --checkpoint DIR``: the emotion of each clip, every label's
-probability, valence and arousal, and a generated rationale.
+probability, valence and arousal (and dominance, for a VAD head), and a generated rationale.
 
 Probabilities come from scoring each label under the model (never from parsing text);
 the rationale is generated separately and may, for a weak model, name another label.
@@ -28,6 +28,7 @@ from reasoning.audio import SAMPLE_RATE, duration, load_audio
 from reasoning.checkpoint import add_device_argument, load_for_inference, resolve_device
 from reasoning.data import AudioCache, Collator, PromptBuilder, to_device
 from reasoning.errors import AudioError, UserError
+from reasoning.manifest import DIMENSIONS
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,9 @@ class Explainer:
         # Clips are read once each; no need to keep them. Never augmented: no epoch is passed.
         self.collate = Collator(self.builder, AudioCache(keep=False), self.prompt.transcript,
                                 self.prompt.two_step, self.prompt.rationale_order,
-                                max_seconds=self.recipe.model.speech.max_seconds)
+                                max_seconds=self.recipe.model.speech.max_seconds,
+                                dimensions=tuple(self.recipe.heads.dimensions))
+        self.dimensions = list(self.recipe.heads.dimensions)
         self.batch_size = batch_size
         self.max_new_tokens = max_new_tokens
         self.top_k = top_k
@@ -128,8 +131,7 @@ class Explainer:
                 "emotion": self.labels[order[0]],
                 "probabilities": {label: round(float(p), 4) for label, p in zip(self.labels, probs[i])},
                 "top_k": [[self.labels[j], round(float(probs[i, j]), 4)] for j in order[: self.top_k]],
-                "valence": round(float(va[i, 0]), 4),
-                "arousal": round(float(va[i, 1]), 4),
+                **{dim: round(float(va[i, k]), 4) for k, dim in enumerate(self.dimensions)},
                 "rationale": texts[i],
                 **extra,
             })
@@ -199,8 +201,7 @@ def prediction_dict(labels: list[str], preds: list[dict], prompt: dict | None = 
         "label_set": labels,
         "labels": [p["emotion"] for p in preds],
         "scores": np.array([[p["probabilities"][label] for label in labels] for p in preds]),
-        "valence": [p["valence"] for p in preds],
-        "arousal": [p["arousal"] for p in preds],
+        **{dim: [p[dim] for p in preds] for dim in DIMENSIONS if preds and dim in preds[0]},
         "rationales": rationales,
     }
     if prompt is not None:
@@ -212,7 +213,7 @@ def prediction_dict(labels: list[str], preds: list[dict], prompt: dict | None = 
             "label_set": labels,
             "labels": [p["oracle_va"]["emotion"] for p in preds],
             "scores": np.array([[p["oracle_va"]["probabilities"][label] for label in labels] for p in preds]),
-            "valence": out["valence"], "arousal": out["arousal"], "rationales": None,
+            **{dim: out[dim] for dim in DIMENSIONS if dim in out}, "rationales": None,
             **({"prompt": {**prompt, "va_in_prompt": "gold"}} if prompt is not None else {}),
         }
     return out
@@ -260,7 +261,8 @@ def format_summary(pred: dict) -> str:
     top = ", ".join(f"{label} {p:.2f}" for label, p in pred["top_k"])
     lines = [f"{pred['clip']} ({pred['duration']:.2f} s)",
              f"  emotion    {pred['emotion']}  (top: {top})",
-             f"  valence    {pred['valence']:+.2f}   arousal {pred['arousal']:+.2f}"]
+             f"  valence    {pred['valence']:+.2f}   arousal {pred['arousal']:+.2f}"
+             + (f"   dominance {pred['dominance']:+.2f}" if "dominance" in pred else "")]
     if pred.get("transcript") is not None:
         lines.append(f"  transcript {pred['transcript']}")
     if pred["rationale"] is not None:

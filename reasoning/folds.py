@@ -10,12 +10,22 @@ protocol           label column    labels                                       
                                    disgust, fear
 ``meld-sentiment`` ``sentiment``   neutral, positive, negative                   official
 ``loso``           ``emotion``     every label in the manifest                   speakers
+``msp-podcast``    ``emotion``     anger, sadness, happiness, surprise, fear,    test sets
+                                   disgust, contempt, neutral
 =================  ==============  ============================================  ==========
 
 * **sessions** (IEMOCAP leave-one-session-out): the ``split`` field is ``session1`` ..
   ``session5``; fold ``sessionK`` tests on session K and trains on the other four.
 * **speakers** (leave-one-speaker-out, any corpus): one fold per speaker.
 * **official** (MELD): train on ``split == "train"``, select on ``dev``, report ``test``.
+* **test sets** (MSP-Podcast, the IS25 challenge protocol): train on ``split == "train"``;
+  fold ``dev`` tests on the Development set, and each test set (``test1``, ``test2``, and
+  those of later releases) is a fold of its own, selected on ``dev``. The folds are
+  reported separately, never pooled: Test2 comes from other podcasts than the rest. Rows
+  labelled ``other`` (``--keep-other``) or ``no_agreement`` are trained on, never scored.
+
+Official and test-set folds share one training set, so one trained model serves them all
+(:attr:`Protocol.one_training_set`).
 
 Session and speaker folds are speaker-independent, and :func:`iter_folds` checks it: a test
 speaker found in a training or dev row raises :class:`SpeakerLeakError` naming the speaker.
@@ -32,11 +42,14 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Iterator, NamedTuple, Sequence
 
 from reasoning.errors import ManifestError, UserError
+from reasoning.prepare.card import split_order
+from reasoning.prepare.protocols import PROTOCOLS as PREPARE_PROTOCOLS
 from reasoning.prepare.splits import LeakageError as SpeakerLeakError  # noqa: F401 - raised here, by that name
 from reasoning.prepare.splits import check_speaker_disjoint
 
@@ -56,7 +69,17 @@ class Protocol:
 
     @property
     def speaker_independent(self) -> bool:
-        return self.folds in ("sessions", "speakers")
+        return self.folds in ("sessions", "speakers", "test-sets")
+
+    @property
+    def one_training_set(self) -> bool:
+        """Every fold trains on the same rows (``split == "train"``), so one model serves all."""
+        return self.folds in ("official", "test-sets")
+
+    @property
+    def separate_folds(self) -> bool:
+        """Folds are different test sets, reported one by one (pooling them means nothing)."""
+        return self.folds == "test-sets"
 
 
 PROTOCOLS: dict[str, Protocol] = {
@@ -73,6 +96,11 @@ PROTOCOLS: dict[str, Protocol] = {
     "loso": Protocol(
         "loso", "emotion", None, "speakers",
         "every emotion label of the manifest, leave-one-speaker-out"),
+    "msp-podcast": Protocol(
+        "msp-podcast", "emotion", PREPARE_PROTOCOLS["msp-podcast"].labels, "test-sets",
+        "MSP-Podcast 8 classes (A S H U F D C N; other and no agreement are trained on with "
+        "--keep-other, never scored), trained on Train; Development and each test set "
+        "(Test1, Test2, ...) reported separately, CCC of valence, arousal and dominance"),
 }
 
 
@@ -167,6 +195,29 @@ def _speaker_folds(rows: list[dict], protocol: Protocol) -> list[tuple[str, list
             for n in names]
 
 
+TEST_SET = re.compile(r"^test\d*$")
+
+
+def _test_set_folds(rows: list[dict], protocol: Protocol) -> list[Fold]:
+    """``dev`` (tested on the Development set), then one fold per test set, in natural order;
+    every fold trains on ``train`` and the test-set folds select on ``dev``."""
+    groups: dict[str, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(str(row.get("split")), []).append(row)
+    train, dev = groups.pop("train", []), groups.pop("dev", [])
+    tests = sorted((s for s in groups if TEST_SET.match(s)), key=split_order)
+    other = {s: len(groups[s]) for s in groups if s not in tests}
+    if other:
+        log.warning("protocol %s: %d rows with a split other than train, dev and test<n> are "
+                    "not used: %s", protocol.name, sum(other.values()), other)
+    if not train or not (dev or tests):
+        raise UserError(f"protocol {protocol.name}: it needs split='train' rows and a dev or "
+                        f"test<n> set; found {sorted(map(str, {r.get('split') for r in rows}))}. "
+                        "Prepare the corpus with `emoreason prepare msp-podcast` (official "
+                        "split: train, dev, test1, test2, ...).")
+    return ([Fold("dev", train, [], dev)] if dev else []) + [Fold(t, train, dev, groups[t]) for t in tests]
+
+
 def _hold_out_dev(name: str, train: list[dict], test: list[dict], n: int,
                   protocol: Protocol) -> tuple[list[dict], list[dict]]:
     """Move the ``n`` training speakers that follow the test speakers (sorted, cyclic)
@@ -216,6 +267,8 @@ def iter_folds(rows: Sequence[dict], protocol: Protocol, dev_speakers: int = 0,
             log.info("protocol %s: %d test speakers also speak in train (the official split is "
                      "not speaker-independent)", protocol.name, len(shared))
         folds = [Fold("test", by_split["train"], by_split["dev"], by_split["test"])]
+    elif protocol.folds == "test-sets":
+        folds = _test_set_folds(rows, protocol)
     else:
         make = _session_folds if protocol.folds == "sessions" else _speaker_folds
         folds = []

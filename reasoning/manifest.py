@@ -39,6 +39,9 @@ FIELDS: dict[str, Any] = {
     "rationale": None,
 }
 REQUIRED = ("id", "audio")
+# The dimensional keys, each in [-1, 1]: the VA head predicts the first two, or all three
+# with `heads.dimensions: [valence, arousal, dominance]`.
+DIMENSIONS = ("valence", "arousal", "dominance")
 # The keys the stages after prepare fill in (`emoreason evidence`, `emoreason rationales`);
 # a new run of prepare carries them over for the rows that did not change.
 DOWNSTREAM_FIELDS = ("evidence", "rationale")
@@ -79,7 +82,7 @@ def _check(row: dict, where: str) -> None:
         _expect(row["rationale"]["text"], "string", "'rationale.text'", where)
     if row.get("gender") not in (None, "f", "m"):
         raise ManifestError(f"{where}: gender must be \"f\", \"m\" or null, got {row['gender']!r}.")
-    for key in ("valence", "arousal", "dominance"):
+    for key in DIMENSIONS:
         value = row.get(key)
         if value is not None and not -1.0 <= value <= 1.0:
             raise ManifestError(f"{where}: {key}={value} is outside [-1, 1]. Map the corpus "

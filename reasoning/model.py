@@ -7,7 +7,9 @@ Data flow for a batch (B clips, prompts of P tokens with A audio positions each)
     fused audio (B, A, H), A = Ns + Np (sequence fusion) or Ns (feature fusion)
     prompt embeddings (B, P, H) with the A audio positions replaced by the fused audio
     -> LoRA LLM -> LM loss on the target text
-                -> hidden states at the audio positions -> pooled (B, H) -> VA head (B, 2)
+                -> hidden states at the audio positions -> pooled (B, H) -> VA head (B, D)
+
+D = 2 (valence, arousal) or 3 (and dominance: ``heads.dimensions``).
 
 The model is assembled from parts that are already built (:mod:`reasoning.builders`).
 """
@@ -21,6 +23,8 @@ from torch import nn
 from reasoning.cache import EncoderCache, encode_with_cache
 
 IGNORE = -100
+# Keys of forward()'s output that report the CCC of a VA dimension: measurements, not losses.
+CCC_PREFIX = "ccc_"
 
 
 def pool_frames(x: torch.Tensor, lengths: torch.Tensor, num_tokens: int) -> torch.Tensor:
@@ -56,7 +60,8 @@ class Projector(nn.Module):
 
 
 class VAHead(nn.Module):
-    """Valence and arousal in [-1, 1] from hidden states pooled over the audio positions.
+    """Valence and arousal (``n_out`` 2), or valence, arousal and dominance (``n_out`` 3),
+    each in [-1, 1], from hidden states pooled over the audio positions.
 
     The pooled state is layer-normed first: a real LLM's hidden states have norms from about
     40 (SmolLM2's last layer, after its final norm) to 2000 (its middle layers), so the head's
@@ -112,7 +117,7 @@ class DualEncoderLLM(nn.Module):
                  gender_head: nn.Module | None = None, fusion: str = "sequence",
                  fuse: nn.Module | None = None, va_layer: int = -1, va_loss: str = "ccc",
                  va_weight: float = 1.0, gender_weight: float = 0.0, emotion_loss: str = "lm",
-                 va_in_emotion: bool = False):
+                 va_in_emotion: bool = False, va_dimensions: tuple[str, ...] = ("valence", "arousal")):
         super().__init__()
         self.speech_encoder = speech_encoder
         self.paralinguistic_encoder = paralinguistic_encoder
@@ -128,6 +133,7 @@ class DualEncoderLLM(nn.Module):
         self.gender_weight = gender_weight
         self.emotion_loss = emotion_loss
         self.va_in_emotion = va_in_emotion
+        self.va_dimensions = tuple(va_dimensions)  # the columns of the VA head's output
         self.gather = None  # rows of every process, for the VA loss (reasoning.distributed.gather_rows)
         self.caches: dict[str, EncoderCache] = {}  # encoder name -> its output cache (frozen encoders)
 
@@ -206,28 +212,35 @@ class DualEncoderLLM(nn.Module):
         return self.va_head.pool(h, audio_mask)
 
     def _va_loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """The recipe's VA loss over the rows with both targets (NaN marks a missing one).
+        """The recipe's VA loss over the rows with every target (NaN marks a missing one).
         Zero, still joined to the graph, when there is none: every process of a
         distributed run then computes the same losses. ``gather`` (set by the training loop
         when it runs several processes) gathers the rows of every process first: CCC over a
         process's 4-8 clips is not the CCC of the batch."""
+        return self._va_terms(pred, target)[0]
+
+    def _va_terms(self, pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(:meth:`_va_loss`, the (D,) CCC of each dimension on the same rows, detached)."""
         if self.gather is not None:
             pred, target = self.gather(pred, fill=0.0), self.gather(target.to(pred.dtype))
         known = torch.isfinite(target).all(-1, keepdim=True)          # (N, 1)
         w = known.to(pred.dtype)
         target = torch.where(known, target, torch.zeros_like(target))
         loss = pred.sum() * 0
+        per_dim = ccc(pred, target, w)
         if "ccc" in self.va_loss:
-            loss = loss + (1 - ccc(pred, target, w)).mean()
+            loss = loss + (1 - per_dim).mean()
         if "mse" in self.va_loss:
             loss = loss + (w * (pred - target) ** 2).sum() / (w.sum() * pred.shape[1]).clamp(min=1)
-        return loss * (w.sum() > 0)
+        return loss * (w.sum() > 0), per_dim.detach()
 
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
         """Losses of one single-task batch: ``{"loss": total, <component>: value, ...}``.
 
         The VA and gender heads read the hidden states of the batch's one LLM pass: in a
-        ``va`` batch, and with ``va_in_emotion`` in an emotion batch too.
+        ``va`` batch, and with ``va_in_emotion`` in an emotion batch too. Batches that train
+        the VA head also report the CCC of each dimension (``ccc_valence``, ...; not a loss,
+        not in the total) for the training log.
         """
         task = batch["task"]
         prompt = self.embed_prompt(batch)
@@ -252,8 +265,9 @@ class DualEncoderLLM(nn.Module):
             losses["lm"], out = self.lm_loss(batch, prompt, want_hidden=need_pooled)
             pooled = self.pooled_audio_state(out.hidden_states, mask) if need_pooled else None
         total = sum(losses.values())
+        per_dim = None
         if want_va:
-            losses["va"] = self._va_loss(self.va_head(pooled), batch["va"])
+            losses["va"], per_dim = self._va_terms(self.va_head(pooled), batch["va"])
             total = total + self.va_weight * losses["va"]
         if want_gender:
             known = batch["gender"] >= 0
@@ -262,6 +276,8 @@ class DualEncoderLLM(nn.Module):
                 else logits.sum() * 0  # as _va_loss: the same keys on every process
             total = total + self.gender_weight * losses["gender"]
         losses["loss"] = total
+        if per_dim is not None:
+            losses.update({f"{CCC_PREFIX}{d}": c for d, c in zip(self.va_dimensions, per_dim)})
         return losses
 
     # -- prediction -----------------------------------------------------------------
@@ -312,7 +328,7 @@ class DualEncoderLLM(nn.Module):
 
         ``loglik`` returns the sequence log-likelihoods (B, L) before that normalisation.
 
-        ``with_va`` also returns the VA head's (B, 2) prediction from that same prompt pass:
+        ``with_va`` also returns the VA head's (B, D) prediction from that same prompt pass:
         every prompt puts the audio before the task's instruction, so under the causal mask
         the audio positions the head pools are those of the VA prompt.
         """
@@ -324,7 +340,7 @@ class DualEncoderLLM(nn.Module):
 
     @torch.no_grad()
     def predict_va(self, batch: dict, prompt_embeds: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, 2) valence, arousal in [-1, 1]."""
+        """(B, D) valence, arousal (and dominance) in [-1, 1], in ``heads.dimensions`` order."""
         if prompt_embeds is None:
             prompt_embeds = self.embed_prompt(batch)
         out = self._run(prompt_embeds, batch["attention_mask"], output_hidden_states=True, logits_to_keep=1)

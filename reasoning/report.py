@@ -5,7 +5,8 @@ Files written into the run folder by :func:`write_report`:
 * ``metrics.json``: protocol, folds, checkpoint, recipe hash, package versions and, per
   system, the pooled metrics, each fold's metrics and their mean ± std;
 * ``report.md``: the systems side by side (UA, WA, macro-F1, k-best, speakers with
-  UAR >= 0.75 and >= 0.5, CCC of valence/arousal where a system predicts VA);
+  UAR >= 0.75 and >= 0.5, CCC of valence/arousal (and dominance) where a system predicts
+  them; one table per test set under a protocol whose folds are test sets);
 * ``plots/confusion_<system>.png`` (row-normalised: each row is a true class and sums to
   1), ``plots/speaker_uar.png`` (each speaker's UAR, systems side by side) and
   ``plots/va_<system>.png`` (prediction against target, one panel per dimension,
@@ -27,6 +28,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from reasoning.files import atomic_file
+from reasoning.manifest import DIMENSIONS
 
 log = logging.getLogger(__name__)
 
@@ -113,44 +115,71 @@ def _va_source(pooled: Mapping) -> str | None:
     return None
 
 
+def _va_dimensions(systems: Mapping) -> list[str]:
+    """The VA dimensions any system's pooled metrics score, in manifest order."""
+    present = set()
+    for sysres in systems.values():
+        for dims in (sysres["pooled"].get("va") or {}).values():
+            present.update(dims)
+    return [d for d in DIMENSIONS if d in present]
+
+
+def _system_rows(systems: Mapping, scores: Mapping[str, Mapping], folded: bool,
+                 dims: Sequence[str]) -> list[str]:
+    """One table line per system: classification columns from ``summary`` (mean ± std, when
+    ``folded``) or from ``scores[name]``, speaker shares and CCC always from ``scores[name]``."""
+    cols = [("ua", _pct), ("wa", _pct), ("macro_f1", _pct), ("k_best.top1", _pct),
+            ("k_best.top2", _pct), ("k_best.top3", _pct)]
+    lines = []
+    for name, sysres in systems.items():
+        metrics = scores[name]
+        cells = [name]
+        for key, fmt in cols:
+            if folded:
+                agg = sysres.get("summary", {}).get(key)
+                cells.append(fmt(agg["mean"], agg["std"]) if agg else "–")
+            else:
+                cells.append(fmt(_get(metrics, key)))
+        spk = _get(metrics, "speakers")
+        for t in ("0.75", "0.5"):
+            share = spk.get(f"share_uar_ge_{t}") if spk else None
+            cells.append("–" if share is None else
+                         f"{round(share * spk['speakers'])}/{spk['speakers']}")
+        source = _va_source(metrics)
+        for dim in dims:
+            value = _get(metrics, f"va.{source}.{dim}.ccc") if source else None
+            cells.append(_dec(value) + (f" ({source})" if value is not None else ""))
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
 def markdown_table(result: Mapping) -> str:
     """The systems side by side as a Markdown table (with a heading and notes).
 
     Classification columns are mean ± std over folds when there is more than one fold, else
     the single fold's value. The speaker share and CCC are computed on the pooled test
     predictions (every test utterance once), since one fold of leave-one-speaker-out holds
-    a single speaker.
+    a single speaker. A protocol whose folds are different test sets (``msp-podcast``:
+    Development, Test1, Test2, ...) gets one table per fold instead, nothing pooled. There
+    is a CCC column for each VA dimension a system predicts (valence, arousal, dominance).
     """
     systems: Mapping = result["systems"]
     n_folds = len(result.get("folds", [])) or 1
     folded = n_folds > 1
-    cols = [("UA %", "ua", _pct), ("WA %", "wa", _pct), ("macro-F1 %", "macro_f1", _pct),
-            ("top-1 %", "k_best.top1", _pct), ("top-2 %", "k_best.top2", _pct),
-            ("top-3 %", "k_best.top3", _pct)]
-    has_va = any(_va_source(s["pooled"]) for s in systems.values())
-    header = ["system"] + [c[0] for c in cols] + ["speakers UAR ≥ .75", "speakers UAR ≥ .5"]
-    if has_va:
-        header += ["CCC valence", "CCC arousal"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for name, sysres in systems.items():
-        cells = [name]
-        for _, key, fmt in cols:
-            if folded:
-                agg = sysres.get("summary", {}).get(key)
-                cells.append(fmt(agg["mean"], agg["std"]) if agg else "–")
-            else:
-                cells.append(fmt(_get(sysres["pooled"], key)))
-        spk = _get(sysres["pooled"], "speakers")
-        for t in ("0.75", "0.5"):
-            share = spk.get(f"share_uar_ge_{t}") if spk else None
-            cells.append("–" if share is None else
-                         f"{round(share * spk['speakers'])}/{spk['speakers']}")
-        if has_va:
-            source = _va_source(sysres["pooled"])
-            for dim in ("valence", "arousal"):
-                value = _get(sysres["pooled"], f"va.{source}.{dim}.ccc") if source else None
-                cells.append(_dec(value) + (f" ({source})" if value is not None else ""))
-        lines.append("| " + " | ".join(cells) + " |")
+    dims = _va_dimensions(systems)
+    header = ["system", "UA %", "WA %", "macro-F1 %", "top-1 %", "top-2 %", "top-3 %",
+              "speakers UAR ≥ .75", "speakers UAR ≥ .5"] + [f"CCC {d}" for d in dims]
+    head = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    separate = result["protocol"].get("folds") == "test-sets"
+    if separate:
+        lines = []
+        for fold in result.get("folds", []):
+            scores = {name: sysres["per_fold"][fold["name"]] for name, sysres in systems.items()}
+            lines += [f"### {fold['name']}: {fold['test']} test utterances", "", *head,
+                      *_system_rows(systems, scores, False, dims), ""]
+    else:
+        lines = head + _system_rows(systems, {n: s["pooled"] for n, s in systems.items()},
+                                    folded, dims)
     proto = result["protocol"]
     first = next(iter(systems.values()))["pooled"]
     notes = [
@@ -163,9 +192,11 @@ def markdown_table(result: Mapping) -> str:
         "",
         *lines,
         "",
-        ("UA, WA, macro-F1 and top-k: mean ± sample std over folds. " if folded else "")
-        + "Speaker share and CCC: pooled test predictions of all folds. UA = mean recall "
-          "over the classes present; a class absent from a fold or speaker is left out.",
+        ("Each fold is a test set of its own, reported apart. " if separate else
+         ("UA, WA, macro-F1 and top-k: mean ± sample std over folds. " if folded else "")
+         + "Speaker share and CCC: pooled test predictions of all folds. ")
+        + "UA = mean recall over the classes present; a class absent from a fold or speaker "
+          "is left out.",
     ]
     for name, sysres in systems.items():
         choice = sysres.get("layer_choice")  # the encoder probe (reasoning.baselines)

@@ -141,11 +141,13 @@ class TrainRecipe:
                                 r.prompt.two_step, r.prompt.rationale_order,
                                 augment=build_augmenter(r.augment, r.train.seed),
                                 # a cached encoder output belongs to the clip as recorded
-                                cached=bool(self.model.caches), max_seconds=r.model.speech.max_seconds)
+                                cached=bool(self.model.caches), max_seconds=r.model.speech.max_seconds,
+                                dimensions=tuple(r.heads.dimensions))
         if self.collate.augment is not None and self.model.caches:
             log.warning("augmentation is off: model.encoder_cache holds the %s encoder outputs of the "
                         "unaugmented clips", " and ".join(self.model.caches))
-        examples = {t: [i for i, row in enumerate(rows) if task_target(t, row, d.labels) is not None]
+        examples = {t: [i for i, row in enumerate(rows)
+                        if task_target(t, row, d.labels, r.heads.dimensions) is not None]
                     for t in d.tasks}
         limit = r.model.speech.max_seconds
         if "asr" in examples and limit is not None:  # a cut clip's transcript says more than it

@@ -1,6 +1,7 @@
 """Corpus preparation: a corpus as released -> ``manifest.jsonl`` + dataset card.
 
-``prepare("iemocap" | "meld" | "emodb" | "generic", root, out, ...)`` is the Python form of
+``prepare("iemocap" | "meld" | "emodb" | "msp-podcast" | "generic" | "hf", root, out, ...)``
+is the Python form of
 ``emoreason prepare``. Stages: parse the annotations (one loader per corpus), decode and
 check every clip (MELD: extract it to 16 kHz WAV first) in a pool of worker processes,
 derive valence/arousal where the corpus has none, assign and check the splits, then write
@@ -28,7 +29,7 @@ from reasoning import __version__
 from reasoning.errors import UserError
 from reasoning.manifest import FIELDS, MANIFEST_NAME, locked_manifest, write_manifest
 from reasoning.prepare import card as card_mod
-from reasoning.prepare import emodb, generic, iemocap, meld
+from reasoning.prepare import emodb, generic, hf, iemocap, meld, msp_podcast
 from reasoning.prepare.clips import ClipTask, process_clips
 from reasoning.prepare.carryover import carry_over, read_downstream, row_digest
 from reasoning.prepare.corpus import Corpus, PrepareOptions, file_stamp
@@ -48,7 +49,7 @@ __all__ = ["prepare", "PrepareOptions", "PrepareResult", "DATASETS", "PROTOCOLS"
 log = logging.getLogger(__name__)
 
 LOADERS = {"iemocap": iemocap.load, "meld": meld.load, "emodb": emodb.load,
-           "generic": generic.load}
+           "msp-podcast": msp_podcast.load, "generic": generic.load, "hf": hf.load}
 DATASETS = tuple(LOADERS)
 # Bump when the same input would now give a different manifest, so old outputs are redone.
 PREPARE_VERSION = 1
@@ -75,7 +76,7 @@ class PrepareResult:
 def _fingerprint(dataset: str, root: Path, corpus: Corpus, opts: PrepareOptions) -> str:
     """Hash of what the output depends on: version, options and every input file's stat."""
     h = hashlib.sha256(json.dumps(
-        {"prepare_version": PREPARE_VERSION, "dataset": dataset, "root": str(root.resolve()),
+        {"prepare_version": PREPARE_VERSION, "dataset": dataset, "root": _source(root),
          "options": opts.fingerprint_dict()}, sort_keys=True, default=str).encode())
     # Which rows and clips there are (a clip added to a label folder is a change even
     # with --labels-only), then the stat of every file read.
@@ -119,14 +120,14 @@ def _read_audio(corpus: Corpus, opts: PrepareOptions) -> tuple[list[dict], str]:
                 f"audio/ ({extracted} extracted now, {len(kept) - extracted} reused from an "
                 "earlier run)")
     else:
-        text = f"{len(kept)} clips decoded and checked, read in place under the root"
+        text = f"{len(kept)} clips decoded and checked, {corpus.audio_origin}"
     return kept, text
 
 
 def _derive_va(rows: list[dict], corpus: Corpus, opts: PrepareOptions) -> tuple[str | None, str]:
     """Fill derived valence/arousal where the corpus has none; (va_source, card text)."""
     if corpus.va_source == "annotated":
-        return "annotated", "annotated by the corpus, mapped linearly to [-1, 1]"
+        return "annotated", corpus.va_description or "annotated by the corpus, mapped linearly to [-1, 1]"
     measured = [r for r in rows if r.get("_features")]
     if corpus.va_source != "derived" or not measured:
         why = ("no audio read, so none derived" if opts.labels_only else
@@ -184,8 +185,15 @@ def _clean(row: dict) -> dict:
     return out
 
 
+def _source(root: Path) -> str:
+    """The card's and fingerprint's name of the input: a local path made absolute, or a hub
+    dataset id (``prepare hf``) as given."""
+    return str(root.resolve()) if root.exists() else str(root)
+
+
 def _command(dataset: str, root: Path, out: Path, opts: PrepareOptions) -> str:
-    parts = ["emoreason prepare", dataset, "--root", str(root), "--out", str(out)]
+    parts = ["emoreason prepare", dataset, "--dataset" if dataset == "hf" else "--root", str(root),
+             "--out", str(out)]
     defaults = PrepareOptions()
     for flag, key in (("--protocol", "protocol"), ("--split", "split"), ("--seed", "seed"),
                       ("--clips", "clips"), ("--name", "name")):
@@ -214,11 +222,12 @@ def prepare(dataset: str, root: str | Path, out: str | Path,
     dataset = dataset.lower()
     if dataset not in LOADERS:
         raise UserError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)} "
-                        "(generic: a folder of label subfolders or a CSV/JSONL table).")
+                        "(generic: a folder of label subfolders or a CSV/JSONL table; hf: a "
+                        "Hugging Face dataset).")
     if opts.split is not None and opts.split not in SPLIT_STRATEGIES:
         raise UserError(f"--split {opts.split}: choose one of {', '.join(SPLIT_STRATEGIES)}.")
     root, out = Path(root).expanduser(), Path(out).expanduser()
-    if not root.exists():
+    if not root.exists() and dataset != "hf":  # hf: a hub id is no local path
         raise UserError(f"--root {root}: no such file or folder.")
     protocol = get_protocol(opts.protocol or DEFAULT_PROTOCOL.get(dataset, "all"), dataset)
     corpus = LOADERS[dataset](root, out, opts, protocol)
@@ -269,7 +278,7 @@ def prepare(dataset: str, root: str | Path, out: str | Path,
         write_manifest(manifest_rows, manifest_path)
         card = {
             "dataset": corpus.dataset, "version": __version__, "prepare_version": PREPARE_VERSION,
-            "command": _command(dataset, root, out, opts), "root": str(root.resolve()),
+            "command": _command(dataset, root, out, opts), "root": _source(root),
             "manifest": MANIFEST_NAME, "rows": len(rows), "labels_only": opts.labels_only,
             "audio": audio_text,
             "protocol": {"name": protocol.name, "description": protocol.description,

@@ -65,19 +65,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of `emoreason prepare`."""
     parser.add_argument("dataset", choices=DATASETS,
                         help="corpus format; generic = a folder of label subfolders or a "
-                             "CSV/TSV/JSONL table")
-    parser.add_argument("--root", required=True,
+                             "CSV/TSV/JSONL table; hf = a Hugging Face dataset (--dataset)")
+    parser.add_argument("--root",
                         help="the corpus as released (IEMOCAP_full_release, the MELD CSV "
-                             "folder, the EmoDB folder, a label-folder tree or a table file)")
+                             "folder, the EmoDB folder, the MSP-Podcast folder holding Labels/, "
+                             "a label-folder tree or a table file)")
+    parser.add_argument("--dataset", dest="hf_dataset", metavar="ID_OR_PATH",
+                        help="hf: a hub dataset id (online, or in the local cache), a "
+                             "save_to_disk folder, a parquet file or a folder of parquet files")
     parser.add_argument("--out", required=True,
                         help="output folder: manifest.jsonl, card.md, card.json (and audio/ "
-                             "for MELD's extracted WAVs)")
+                             "for MELD's extracted WAVs and the clips a dataset stores)")
     parser.add_argument("--labels-only", action="store_true",
                         help="write the manifest from the annotations without reading audio")
     parser.add_argument("--force", action="store_true",
                         help="redo the preparation even when the output is up to date")
     parser.add_argument("--protocol", choices=sorted(PROTOCOLS),
-                        help="label protocol (default: iemocap4, meld7, emodb7, all)")
+                        help="label protocol (default: iemocap4, meld7, emodb7, msp-podcast, all)")
     parser.add_argument("--split", choices=SPLIT_STRATEGIES,
                         help="official (IEMOCAP sessions, MELD train/dev/test, a --split-col), "
                              "loso (leave one speaker out), speaker-random, random; default: "
@@ -90,18 +94,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="processes that decode and extract audio")
     parser.add_argument("--clips", help="MELD: folder holding train_splits/, "
                         "dev_splits_complete/, output_repeated_splits_test/ (default: --root)")
-    parser.add_argument("--name", help="generic: dataset name (default: the root's name)")
+    parser.add_argument("--name", help="generic, hf: dataset name (default: the root's name)")
     group = parser.add_argument_group(
-        "generic corpora (label folders; CSV/TSV/JSONL tables and their columns)")
+        "generic corpora (label folders; CSV/TSV/JSONL tables) and hf datasets: their columns "
+        "(hf: defaults detected from the features)")
     for key in COLUMN_KEYS:
-        group.add_argument(f"--{key}-col", dest=f"{key}_col", metavar="COLUMN",
+        group.add_argument(f"--{key}-col", f"--{key}-column", dest=f"{key}_col", metavar="COLUMN",
                            help=f"column holding {key}" + (" (the emotion label)"
                                                            if key == "label" else ""))
     group.add_argument("--label-map", help="rename labels: SRC=DST,SRC=DST")
     group.add_argument("--labels", help="the protocol's label set, comma-separated; rows "
                        "with other labels stay in the manifest and are excluded by it")
     group.add_argument("--va-range", default="1,5",
-                       help="LO,HI scale of annotated valence/arousal/dominance columns")
+                       help="LO,HI scale of annotated valence/arousal/dominance columns (hf: "
+                            "columns an emoreason export marked are on -1,1 already)")
     parser.add_argument("--keep-other", action="store_true",
                         help="relabel rows outside the protocol's labels 'other' and keep them "
                              "in it (the original label goes to emotion_orig)")
@@ -110,6 +116,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--va-config", metavar="FILE",
                         help="YAML/JSON file overriding constants of the derived-VA formula "
                              "(fields of DerivedVAConfig in reasoning/prepare/va.py)")
+
+
+def source_argument(args: argparse.Namespace) -> str:
+    """``--dataset`` for hf, ``--root`` for every other corpus; UserError when it is missing."""
+    if args.dataset == "hf":
+        if not (args.hf_dataset or args.root):
+            raise UserError("prepare hf needs --dataset ID_OR_PATH (a hub id, a save_to_disk "
+                            "folder or parquet files).")
+        return args.hf_dataset or args.root
+    if args.hf_dataset:
+        raise UserError(f"--dataset is for `prepare hf`; for {args.dataset} pass --root DIR.")
+    if not args.root:
+        raise UserError(f"prepare {args.dataset} needs --root DIR (the corpus as released).")
+    return args.root
 
 
 def run(args: argparse.Namespace) -> int:
@@ -123,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
         labels=[x.strip() for x in args.labels.split(",") if x.strip()] if args.labels else None,
         va_range=_floats(args.va_range, 2, "--va-range"), keep_other=args.keep_other,
         derive_va=not args.no_derived_va, va_config=load_va_config(args.va_config))
-    result = prepare(args.dataset, args.root, args.out, options)
+    result = prepare(args.dataset, source_argument(args), args.out, options)
     card = result.card
     state = "up to date, nothing redone" if result.skipped else "written"
     print(f"{result.manifest}: {card['rows']} rows ({state})")

@@ -57,6 +57,8 @@ class Corpus:
     problems: list[str] = field(default_factory=list)  # file-level trouble, with the fix
     notes: list[str] = field(default_factory=list)     # facts the card states
     va_source: str | None = None                       # "annotated" or "derived"
+    va_description: str | None = None                  # card text for annotated VA, if not the usual
+    audio_origin: str = "read in place under the root"  # card text: where the clips were read
     default_split: str = "official"
     official_speaker_disjoint: bool = True
     labels: tuple = ()                                 # the protocol's label set, resolved

@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 
 from reasoning.errors import UserError
+from reasoning.manifest import DIMENSIONS
 from reasoning.prepare.clips import manifest_audio_path
 from reasoning.prepare.corpus import Corpus, PrepareOptions, normalise_gender
 from reasoning.prepare.protocols import Protocol
@@ -32,7 +33,7 @@ def dataset_name(root: Path, opts: PrepareOptions) -> str:
     return re.sub(r"\s+", "_", name.strip().lower()) or "corpus"
 
 
-def _map_label(label: str | None, opts: PrepareOptions, protocol: Protocol) -> str | None:
+def map_label(label: str | None, opts: PrepareOptions, protocol: Protocol) -> str | None:
     if label is None or not str(label).strip():
         return None
     label = str(label).strip()
@@ -40,7 +41,7 @@ def _map_label(label: str | None, opts: PrepareOptions, protocol: Protocol) -> s
     return protocol.merge.get(label, label)
 
 
-def _base_row(row_id: str, audio: Path, out: Path, name: str) -> dict:
+def base_row(row_id: str, audio: Path, out: Path, name: str) -> dict:
     return {"id": row_id, "audio": manifest_audio_path(audio, out), "start": None, "end": None,
             "dataset": name, "speaker": None, "gender": None, "transcript": None,
             "emotion": None, "emotion_votes": None, "valence": None, "arousal": None,
@@ -66,8 +67,8 @@ def load_folder(root: Path, out: Path, opts: PrepareOptions, protocol: Protocol,
                         "subfolder; move it into <root>/<label>/")
             continue
         row_id = path.stem if unique else "_".join(rel.with_suffix("").parts)
-        row = _base_row(row_id, path, out, corpus.dataset)
-        row["emotion"] = _map_label(rel.parts[0], opts, protocol)
+        row = base_row(row_id, path, out, corpus.dataset)
+        row["emotion"] = map_label(rel.parts[0], opts, protocol)
         row["_where"] = str(path)
         corpus.rows.append(row)
     corpus.notes.append("folder layout: labels from the subfolder names; no speaker "
@@ -139,6 +140,17 @@ def _number(value, key: str) -> float | None:
         raise ValueError(f"{key} {value!r} is not a number") from None
 
 
+def scale_dimension(value, key: str, lo: float, hi: float) -> float | None:
+    """A dimensional value on the scale ``lo..hi`` mapped linearly to -1..1 (None when empty);
+    ValueError for a value that is not a number or lies outside the scale."""
+    x = _number(value, key)
+    if x is None:
+        return None
+    if not lo <= x <= hi:
+        raise ValueError(f"{key} {x} is outside --va-range {lo:g},{hi:g}")
+    return round(2 * (x - lo) / (hi - lo) - 1, 4)
+
+
 def load_table(path: Path, out: Path, opts: PrepareOptions, protocol: Protocol,
                corpus: Corpus) -> None:
     """One row per table record, through the column map."""
@@ -168,15 +180,11 @@ def load_table(path: Path, out: Path, opts: PrepareOptions, protocol: Protocol,
         if row_id in seen:
             corpus.drop(row_id, where, f"duplicate id (first at {seen[row_id]})")
             continue
-        row = _base_row(row_id, audio_path, out, corpus.dataset)
+        row = base_row(row_id, audio_path, out, corpus.dataset)
         try:
             row["start"], row["end"] = _number(get("start"), "start"), _number(get("end"), "end")
-            for key in ("valence", "arousal", "dominance"):
-                x = _number(get(key), key)
-                if x is not None:
-                    if not lo <= x <= hi:
-                        raise ValueError(f"{key} {x} is outside --va-range {lo:g},{hi:g}")
-                    row[key] = round(2 * (x - lo) / (hi - lo) - 1, 4)
+            for key in DIMENSIONS:
+                row[key] = scale_dimension(get(key), key, lo, hi)
         except ValueError as err:
             corpus.drop(row_id, where, f"{err}; fix the row")
             continue
@@ -188,7 +196,7 @@ def load_table(path: Path, out: Path, opts: PrepareOptions, protocol: Protocol,
             row["gender"] = normalise_gender(get("gender"))
             bad_gender += row["gender"] is None
         row["transcript"] = str(get("transcript") or "").strip() or None
-        row["emotion"] = _map_label(get("label"), opts, protocol)
+        row["emotion"] = map_label(get("label"), opts, protocol)
         if "split" in cols:
             row["split"] = str(get("split") or "").strip() or None
             if row["split"] is None:

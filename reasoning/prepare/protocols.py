@@ -43,10 +43,16 @@ PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
     Protocol("emodb7", "emodb",
              ("anger", "boredom", "disgust", "fear", "happiness", "sadness", "neutral"),
              "EmoDB 7-class emotion."),
+    Protocol("msp-podcast", "msp-podcast",
+             ("anger", "sadness", "happiness", "surprise", "fear", "disgust", "contempt", "neutral"),
+             "MSP-Podcast 8 classes (EmoClass A S H U F D C N). 'other' (O) and 'no_agreement' "
+             "(X) stay in the manifest under their own names and are excluded by this "
+             "protocol; with --keep-other both become 'other' and are kept for training."),
     Protocol("all", "*", (), "Every label found in the corpus."),
 )}
 
-DEFAULT_PROTOCOL = {"iemocap": "iemocap4", "meld": "meld7", "emodb": "emodb7"}
+DEFAULT_PROTOCOL = {"iemocap": "iemocap4", "meld": "meld7", "emodb": "emodb7",
+                    "msp-podcast": "msp-podcast"}
 
 
 def get_protocol(name: str, dataset: str) -> Protocol:

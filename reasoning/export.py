@@ -144,13 +144,18 @@ def baseline_rows(rows: list[dict]) -> list[dict]:
 
 def training_evidence(ckpt: Path, recipe: Recipe) -> tuple[list[dict], str]:
     """Measured evidence of the rows the model was trained on, and where it came from: an
-    export's ``baseline.jsonl``, else the recipe's training manifest (training split)."""
+    export's ``baseline.jsonl``, else the recipe's training manifest (training split). With
+    none, ``([], why)``."""
     if (ckpt / BASELINE_FILE).is_file():
         return read_manifest(ckpt / BASELINE_FILE, resolve_audio=False), str(ckpt / BASELINE_FILE)
     rows, why = training_rows(recipe)
     if why:
         return [], why
-    return baseline_rows(rows), recipe.data.train_manifest
+    reference, manifest = baseline_rows(rows), recipe.data.train_manifest
+    if not reference:
+        return [], (f"the training manifest {manifest} has no measured evidence "
+                    f"(`emoreason evidence --manifest {manifest}` measures it)")
+    return reference, manifest
 
 
 def _figures(m: dict) -> dict:

@@ -225,7 +225,7 @@ def model_card(recipe: Recipe, info: dict, rows: list[dict], rows_why: str | Non
     import yaml
 
     m, d, v = recipe.model, recipe.data, info["versions"]
-    hub_ids = [p for p in (m.speech.path, m.paralinguistic.path, m.llm.path) if p and not _is_local(p)]
+    hub_ids = sorted({p for p in info["bases"].values() if not _is_local(p)})
     meta = {"library_name": "peft" if not info["merged"] else "transformers",
             "pipeline_tag": "audio-classification",
             "tags": ["emoreason", "speech-emotion-recognition", "audio", "explanation"]}
@@ -250,11 +250,12 @@ def model_card(recipe: Recipe, info: dict, rows: list[dict], rows_why: str | Non
               f"{m.speech.num_tokens} tokens, {'frozen' if m.speech.freeze else 'trained'}) |"),
              f"| paralinguistic encoder | {para} ({m.paralinguistic.num_tokens} tokens) |",
              f"| LLM | `{info['bases'].get('model.llm.path')}` ({m.llm.dtype}"
-             + (", trained in 4-bit NF4 (QLoRA)" if m.llm.quantization == "4bit" else "") + ") |",
+             + (", trained in 4-bit NF4 (QLoRA)" if info["quantization"] == "4bit" else "")
+             + (", the adapter merged in" if info["merged"] else "") + ") |",
              f"| adapter | {adapter} |",
              f"| heads | valence/arousal ({recipe.heads.va_pooling} pooling, layer {recipe.heads.va_layer})"
              + (", gender (auxiliary)" if recipe.heads.gender_weight > 0 else "") + " |", "",
-             (f"Base models in `base/` were copied from the run's folders; a hub id is named as it is. "
+             (f"Base models given as local folders were copied into `base/`; a hub id is named as it is. "
               f"The prompts hold: transcript `{recipe.prompt.transcript}`, VA in the prompt "
               f"`{'predicted' if recipe.prompt.two_step else 'none'}`, rationale order "
               f"`{recipe.prompt.rationale_order}`."), "",
@@ -320,14 +321,15 @@ def export_model(checkpoint: str | Path, out: str | Path, merge: bool = False, f
               "model.llm.path": m.llm, "model.llm.tokenizer": m.llm}
     info = {"format": EXPORT_FORMAT, "merged": merge, "source": str(ckpt.resolve()), "step": state.get("step"),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "versions": package_versions(),
-            "local_paths": {}, "bases": {}}
+            "local_paths": {}, "quantization": m.llm.quantization,
+            "bases": {dotted: getattr(section, dotted.rsplit(".", 1)[-1]) for dotted, section in fields.items()
+                      if getattr(section, dotted.rsplit(".", 1)[-1]) is not None}}
     with atomic_dir(out) as tmp:
-        shutil.copy2(ckpt / MODULES_FILE, tmp / MODULES_FILE)
+        shutil.copyfile(ckpt / MODULES_FILE, tmp / MODULES_FILE)  # the mode of a new file, not the run's
         if merge:
             llm, tokenizer = merge_llm(ckpt, recipe)
             llm.save_pretrained(tmp / MERGED_LLM_DIR)
             tokenizer.save_pretrained(tmp / MERGED_LLM_DIR)
-            info["bases"]["model.llm.path"] = f"{m.llm.path} + adapter, merged"
             m.llm.path = m.llm.tokenizer = MERGED_LLM_DIR
             m.llm.quantization = "none"
             info["local_paths"].update({"model.llm.path": MERGED_LLM_DIR, "model.llm.tokenizer": MERGED_LLM_DIR})
@@ -339,7 +341,6 @@ def export_model(checkpoint: str | Path, out: str | Path, merge: bool = False, f
             path = getattr(section, name)
             if dotted in info["local_paths"] or path is None:
                 continue
-            info["bases"].setdefault(dotted, path)
             if not _is_local(path):
                 continue  # a hub id: named, as it is
             src = str(Path(resolve_model_path(path)).resolve())

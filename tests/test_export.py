@@ -49,6 +49,7 @@ def test_merged_export_predicts_like_the_adapter_checkpoint(trained, tmp_path):
     info = json.loads((out / EXPORT_FILE).read_text())
     assert info["merged"] and not (out / "adapter").exists()
     assert (out / "llm" / "model.safetensors").is_file() and (out / "modules.safetensors").is_file()
+    assert "the adapter merged in) |" in (out / CARD_NAME).read_text()
     result = compare(trainer.output_dir, out, rows[:4])
     print(f"merged export vs adapter checkpoint, float32, 4 clips: max |dp| = {result['probs']:.2e}, "
           f"max |dVA| = {result['va']:.2e}")
@@ -122,6 +123,8 @@ def test_model_card_names_data_labels_protocol_and_metrics(trained, tmp_path):
     assert "Protocol: `loso`" in card and "| UA | 0.625 |" in card and "| CCC arousal (annotated VA) | 0.420 |" in card
     assert "| rationale pass rate | 0.750 |" in card and "majority 0.250" in card
     assert "## Intended use" in card and "Not for decisions about people" in card
+    assert "base_model" not in card  # every base was a local folder, copied: no hub id to name
+    assert f"| LLM | `{trainer.recipe.model.llm.path}` (float32) |" in card
     without = export_model(trainer.output_dir, tmp_path / "y")
     assert "No evaluation was found" in (without / CARD_NAME).read_text()
 

@@ -31,8 +31,10 @@ pytestmark = pytest.mark.slow  # a web server and a browser
 ARTIFACTS = Path(os.environ.get("EMOREASON_ARTIFACTS", ROOT / "runs" / "test-artifacts"))
 
 
+@pytest.fixture
 def chromium() -> str:
-    """Debian's Chromium, or a skip that says how to install it."""
+    """Debian's Chromium, or a skip that says how to install it (before any model is trained)."""
+    pytest.importorskip("gradio", reason="gradio is not installed (pip install -e '.[demo]')")
     pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[dev]')")
     exe = shutil.which("chromium") or shutil.which("chromium-browser")
     if exe is None:
@@ -48,12 +50,10 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def served(trained, tmp_path):
+def served(chromium, trained, tmp_path):
     """The demo app on a free port of 127.0.0.1, built and launched by the functions
     `emoreason demo` runs, with the training rows measured as the corpus baseline:
     (url, checkpoint, chromium)."""
-    pytest.importorskip("gradio")
-    exe = chromium()
     trainer, rows = trained
     measured, _ = measure_manifest(rows)
     baseline = write_manifest(measured, tmp_path / "measured.jsonl")
@@ -62,7 +62,7 @@ def served(trained, tmp_path):
     app = build_app(DemoModel(trainer.output_dir, baseline=baseline, device="cpu"))
     launch(app, DEFAULT_HOST, port, block=False)
     try:
-        yield f"http://{DEFAULT_HOST}:{port}/", trainer.output_dir, exe
+        yield f"http://{DEFAULT_HOST}:{port}/", trainer.output_dir, chromium
     finally:
         app.close()
 

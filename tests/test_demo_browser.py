@@ -1,8 +1,9 @@
 """The demo in a real browser: the app of `emoreason demo` serves a tiny trained model on
 127.0.0.1, and headless Chromium (Debian's `chromium`, driven through Playwright's
 Python API with `executable_path`: Playwright's own browser download is not available)
-uploads bundled clips. The screenshot is kept under runs/test-artifacts/ (or
-$EMOREASON_ARTIFACTS), and its path is printed."""
+uploads bundled clips, picks an example and records one through its fake microphone. The
+screenshots are kept under runs/test-artifacts/ (or $EMOREASON_ARTIFACTS), and the path of
+the one-clip page is printed."""
 
 import os
 import shutil
@@ -78,9 +79,11 @@ def test_the_page_explains_uploaded_clips_in_chromium(served, tmp_path):
     bad.write_text("not a sound")
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=exe, headless=True)
+        # Chromium's fake microphone (a beep) stands in for a voice when the page records
+        browser = p.chromium.launch(executable_path=exe, headless=True, args=[
+            "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"])
         try:
-            page = browser.new_page(viewport={"width": 1280, "height": 1400})
+            page = browser.new_context(permissions=["microphone"], viewport={"width": 1280, "height": 1400}).new_page()
             page.set_default_timeout(60_000)
             page.goto(url, wait_until="domcontentloaded")
             # several clips, one of which is not audio: a table, and the bad one reported in it
@@ -112,6 +115,20 @@ def test_the_page_explains_uploaded_clips_in_chromium(served, tmp_path):
             shot = ARTIFACTS / "demo_one_clip.png"
             page.screenshot(path=str(shot), full_page=True)
             print(f"\nscreenshot: {shot}\npage status: {status}\nprobabilities: {expected['probabilities']}")
+            # a bundled example, then a clip recorded in the page
+            page.get_by_text(EXAMPLE_CLIPS[1]).click()
+            page.click("#explain")
+            page.wait_for_selector(f"#status :text('{EXAMPLE_CLIPS[1]}')")
+            clip_box = page.locator("#clip")
+            clip_box.get_by_label("Clear").click()
+            clip_box.get_by_label("Record audio").click()
+            clip_box.locator("button:visible", has_text="Record").click()
+            page.wait_for_timeout(1500)
+            clip_box.locator("button:visible", has_text="Stop").click()
+            clip_box.get_by_test_id("audio-player-Clip").wait_for(state="attached")
+            page.click("#explain")
+            page.wait_for_selector("#status :text('audio.wav')")  # Gradio names a recording audio.wav
+            assert "Baseline" in page.inner_text("#status") and "%" in page.inner_text("#probabilities")
         finally:
             browser.close()
     assert shot.stat().st_size > 10_000

@@ -133,10 +133,11 @@ class DemoModel:
             return (f"No baseline: {self.reference_source}. With nothing to compare the clip with, its z-scores "
                     "are empty and no cue claim can be supported; start the demo with --baseline MANIFEST, a "
                     "manifest measured by `emoreason evidence`.")
-        n = evidence["baseline"]["n"] - 1
+        silent = "silent" in evidence.get("flags", [])  # a silent clip is left out of every baseline
+        n = evidence["baseline"]["n"] - (0 if silent else 1)
         return (f"Baseline: the corpus `{self.dataset}`, {n} measured clips the model was trained on "
-                f"(from `{self.reference_source}`), and this clip. An uploaded clip has no speaker baseline, "
-                "so z compares it with the corpus mean, not with the speaker's own voice.")
+                f"(from `{self.reference_source}`){'' if silent else ', and this clip'}. An uploaded clip has no "
+                "speaker baseline, so z compares it with the corpus mean, not with the speaker's own voice.")
 
     def analyse(self, paths: list[str], transcript: str | None = None) -> list[dict]:
         """Predict, measure and verify each clip: one dict per path, in order, with ``clip``,
@@ -341,12 +342,13 @@ def launch(app, host: str, port: int, share: bool = False, block: bool = True):
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="a checkpoint or export folder, or a run folder (its latest)")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="port to serve on")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port to serve on (default {DEFAULT_PORT})")
     parser.add_argument("--host", default=DEFAULT_HOST, help="address to serve on (0.0.0.0: every interface)")
     parser.add_argument("--share", action="store_true", help="also serve through a public Gradio share link (needs a network)")
     parser.add_argument("--baseline", default=None,
                         help="a manifest with measured evidence to z-score uploads against (default: the training rows)")
-    parser.add_argument("--max-seconds", type=float, default=MAX_SECONDS, help="longest clip accepted")
+    parser.add_argument("--max-seconds", type=float, default=MAX_SECONDS,
+                        help=f"longest clip accepted, in seconds (default {MAX_SECONDS:g})")
     parser.add_argument("--max-new-tokens", type=int, default=48, help="length limit of the rationale")
     add_device_argument(parser)
 

@@ -108,6 +108,9 @@ def test_bad_uploads_are_reported_and_the_next_clip_is_explained(demo, trained, 
     assert "long.wav: 3.0 s long" in status and "\\-\\-max-seconds" not in status and "--max-seconds" in status
     status, probs, *_ = explain_one(demo, rows[1]["audio"])
     assert probs is not None and "⚠️" not in status
+    sf.write(tmp_path / "silent.wav", np.zeros(16000, np.float32), 16000)  # usable, but in no baseline
+    status, probs, *_ = explain_one(demo, str(tmp_path / "silent.wav"))
+    assert probs is not None and "8 measured clips the model was trained on" in status and "this clip" not in status
 
 
 def test_several_clips_give_one_table(demo, trained, tmp_path):

@@ -181,14 +181,22 @@ def find_evaluation(ckpt: Path, metrics: str | Path | None = None) -> dict | Non
     ``RUN/quickstart.json``, and a benchmark's ``ROOT/eval/metrics.json`` (its fold ``RUN``).
     """
     run = ckpt.parent
-    candidates = [Path(metrics)] if metrics else [run / "eval" / METRICS_NAME, run / METRICS_NAME,
-                                                   run / QUICKSTART_SUMMARY, run.parent / "eval" / METRICS_NAME]
     if metrics and not Path(metrics).is_file():
         raise UserError(f"--metrics {metrics}: no such file (give an eval's metrics.json or a quickstart.json).")
-    for path in candidates:
+    # (path, whether it must have this run as one of its folds: a benchmark's eval of all folds)
+    candidates = [(Path(metrics), False)] if metrics else [
+        (run / "eval" / METRICS_NAME, False), (run / METRICS_NAME, False), (run / QUICKSTART_SUMMARY, False),
+        (run.parent / "eval" / METRICS_NAME, True)]
+    for path, fold_only in candidates:
         if not path.is_file():
             continue
-        data = json.loads(path.read_text())
+        try:
+            data = json.loads(path.read_text())
+        except ValueError as err:
+            if metrics:
+                raise UserError(f"--metrics {path}: not JSON ({err}).") from err
+            log.warning("%s is not JSON (%s): the model card leaves it out", path, err)
+            continue
         if "systems" not in data and "eval" in data:  # a quickstart summary
             e = data["eval"]
             return {"source": str(path), "protocol": "quickstart: the bundled clips, one held-out speaker",
@@ -199,9 +207,12 @@ def find_evaluation(ckpt: Path, metrics: str | Path | None = None) -> dict | Non
                               "rationale pass rate": e.get("rationale_pass")},
                     "baselines": {}}
         model = data.get("systems", {}).get("model")
-        if model is None:
+        if model is None and metrics:
+            raise UserError(f"--metrics {path}: holds neither a model's evaluation (`systems.model`, from "
+                            "`emoreason eval --checkpoint`) nor a quickstart summary (`eval`).")
+        per_fold = (model or {}).get("per_fold", {})
+        if model is None or fold_only and run.name not in per_fold:
             continue
-        per_fold = model.get("per_fold", {})
         if run.name in per_fold and len(per_fold) > 1:  # a benchmark: this run is one of its folds
             scores, scope = per_fold[run.name], f"fold {run.name} (its test speakers were not trained on)"
         else:

@@ -4,6 +4,7 @@ import json
 import shutil
 
 import numpy as np
+import pytest
 import torch
 import yaml
 from conftest import SAMPLES, TINY, tiny_recipe_tree
@@ -11,6 +12,7 @@ from conftest import SAMPLES, TINY, tiny_recipe_tree
 from reasoning.checkpoint import COMPLETE_FILE, EXPORT_FILE, read_recipe
 from reasoning.cli import main
 from reasoning.data import to_device
+from reasoning.errors import UserError
 from reasoning.evaluate import probe_speech_config
 from reasoning.explain import Explainer
 from reasoning.export import (
@@ -144,6 +146,12 @@ def test_evaluation_of_a_benchmark_fold_and_of_a_quickstart_run(tmp_path):
     (tmp_path / "qs" / "quickstart.json").write_text(json.dumps({"eval": {"clips": 12, "UA": 0.25}}))
     assert find_evaluation(qs)["model"]["UA"] == 0.25
     assert find_evaluation(tmp_path / "none" / "checkpoint-1") is None
+    other = tmp_path / "bench" / "speaker-99" / "checkpoint-000010"  # a run the benchmark did not evaluate
+    other.mkdir(parents=True)
+    assert find_evaluation(other) is None
+    (tmp_path / "odd.json").write_text(json.dumps({"rows": 3}))
+    with pytest.raises(UserError, match="odd.json: holds neither"):
+        find_evaluation(qs, tmp_path / "odd.json")
 
 
 def test_training_evidence_becomes_the_exports_corpus_baseline(trained, tmp_path):

@@ -27,12 +27,19 @@ install: $(STAMP) sysdeps models
 models: $(STAMP)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/emoreason models fetch
 
-# ffmpeg decodes MELD's MP4 clips. Installed from Debian when missing and we are root.
+# ffmpeg decodes MELD's MP4 clips; chromium runs the demo's browser test
+# (tests/test_demo_browser.py, which skips without it). Installed from Debian when missing and
+# we are root.
 sysdeps:
 	@command -v ffmpeg >/dev/null || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ffmpeg >/dev/null; \
 	  else echo "ffmpeg is missing: install it (e.g. sudo apt-get install ffmpeg) for MP4 corpora such as MELD"; fi; }
+	@command -v chromium >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+	      echo "chromium could not be installed: the demo's browser test will skip"; \
+	  else echo "chromium is missing: install it (e.g. sudo apt-get install chromium) for the demo's browser test"; fi; }
 
 quickstart: install
 	HF_HUB_OFFLINE=1 $(VENV)/bin/emoreason quickstart

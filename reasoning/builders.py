@@ -139,7 +139,8 @@ def build_paralinguistic_encoder(cfg) -> nn.Module | None:
 def build_llm(cfg, lora, device: torch.device | None = None):
     """The causal LM wrapped with LoRA (and loaded in 4-bit NF4 for QLoRA), and its tokenizer.
     A 4-bit LLM is loaded onto ``device`` (default: the current GPU): bitsandbytes places its
-    weights once and cannot move them."""
+    weights once and cannot move them. ``lora`` None: the LM as it is, unwrapped (an
+    export whose adapter is merged into it, :mod:`reasoning.export`)."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
@@ -159,6 +160,8 @@ def build_llm(cfg, lora, device: torch.device | None = None):
     elif cfg.gradient_checkpointing:
         llm.gradient_checkpointing_enable()
         llm.enable_input_require_grads()
+    if lora is None:
+        return llm, tokenizer
     names = {name.rsplit(".", 1)[-1] for name, _ in llm.named_modules()}
     missing = [t for t in lora.target_modules if t not in names]
     if missing:
@@ -208,15 +211,16 @@ def assemble(recipe: Recipe, speech: nn.Module, para: nn.Module | None, llm: nn.
         va_in_emotion=h.va_in_emotion, va_dimensions=tuple(h.dimensions))
 
 
-def build_model(recipe: Recipe, caches: bool = True, device: torch.device | None = None
-                ) -> tuple[DualEncoderLLM, object]:
+def build_model(recipe: Recipe, caches: bool = True, device: torch.device | None = None,
+                adapter: bool = True) -> tuple[DualEncoderLLM, object]:
     """Assemble the full model from a recipe whose parts all have a ``path``. ``caches``:
     attach the recipe's encoder-output cache (training; prediction never uses it).
-    ``device``: where a 4-bit LLM is loaded (the caller places the rest)."""
+    ``device``: where a 4-bit LLM is loaded (the caller places the rest). ``adapter``
+    False: no LoRA around the LLM, whose path then holds the adapter merged in."""
     m = recipe.model
     speech = build_speech_encoder(m.speech)
     para = build_paralinguistic_encoder(m.paralinguistic)
-    llm, tokenizer = build_llm(m.llm, recipe.lora, device)
+    llm, tokenizer = build_llm(m.llm, recipe.lora if adapter else None, device)
     model = assemble(recipe, speech, para, llm)
     if caches and m.encoder_cache:
         attach_caches(model, recipe)

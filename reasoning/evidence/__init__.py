@@ -26,7 +26,7 @@
         "hnr_db":         Praat harmonics-to-noise ratio (cc), dB
         "spectral_slope": openSMILE slope 500-1500 Hz over voiced frames, dB/Hz
       },
-      "z": {feature: z-score against the baseline, for each of Z_FEATURES},
+      "z": {feature: z-score against the baseline, for each of Z_FEATURES (units: Z_FEATURE_UNITS)},
       "baseline": {"kind": "speaker" | "corpus_gender" | "corpus" | "none",
                    "n": utterances in it, "group": speaker id or gender},
       "flags": ["silent", "unvoiced", "no_transcript"],   # those that apply
@@ -37,7 +37,8 @@
     }
 
 How each value is measured is in :mod:`reasoning.evidence.acoustic`; the baseline rule
-(``MIN_SPEAKER_UTTERANCES``) in :func:`add_zscores`; the lexicon and negation in
+(``MIN_SPEAKER_UTTERANCES``) in :func:`add_zscores`, and for a clip measured on its own
+(``emoreason demo``) against a corpus in :func:`zscores_against`; the lexicon and negation in
 :mod:`reasoning.evidence.lexical`.
 
 Caching: the acoustic values are kept when ``version`` and ``measured`` match the row and its
@@ -54,9 +55,9 @@ the audio that is there.
 
 from reasoning.evidence.acoustic import ACOUSTIC_FEATURES, measure_acoustics
 from reasoning.evidence.lexical import DEFAULT_LEXICON, find_emotion_words, lexical_evidence, load_lexicon
-from reasoning.evidence.measure import (EXTRACTOR_VERSION, MIN_SPEAKER_UTTERANCES, Z_FEATURES,
-                                        add_zscores, measure_manifest)
+from reasoning.evidence.measure import (EXTRACTOR_VERSION, MIN_SPEAKER_UTTERANCES, Z_FEATURE_UNITS, Z_FEATURES,
+                                        add_zscores, measure_manifest, zscores_against)
 
 __all__ = ["ACOUSTIC_FEATURES", "DEFAULT_LEXICON", "EXTRACTOR_VERSION", "MIN_SPEAKER_UTTERANCES",
-           "Z_FEATURES", "add_zscores", "find_emotion_words", "lexical_evidence", "load_lexicon",
-           "measure_acoustics", "measure_manifest"]
+           "Z_FEATURES", "Z_FEATURE_UNITS", "add_zscores", "find_emotion_words", "lexical_evidence",
+           "load_lexicon", "measure_acoustics", "measure_manifest", "zscores_against"]

@@ -90,17 +90,14 @@ def _add_transcript_evidence(ev: dict, transcript: str | None, lexicon: Path) ->
         values["word_rate"] = _clean(n / speech_s) if speech_s else None
 
 
-def add_zscores(rows: list[dict], min_speaker_utterances: int = MIN_SPEAKER_UTTERANCES) -> Counter:
-    """Fill ``evidence["z"]`` and ``evidence["baseline"]`` of every measured row in place.
+Z_FEATURE_UNITS = {"f0_mean_st": "st", "f0_range_st": "st", "f0_sd_st": "st", "loudness": "sone",
+                   "syllable_rate": "syll/s", "word_rate": "words/s", "pause_ratio": "", "jitter_local": "%",
+                   "shimmer_local": "%", "hnr_db": "dB", "spectral_slope": "dB/Hz"}
 
-    The baseline of a row is, in order: all measured utterances of its speaker (same
-    dataset) when there are at least ``min_speaker_utterances``; else all of the dataset's
-    utterances of the same gender, when the gender is known and there are that many; else
-    the whole dataset. The utterance itself is part of its baseline. Silent clips and rows
-    that failed are left out of every baseline. ``z = (value - mean) / std`` (sample std);
-    ``None`` where the value is missing, the baseline has fewer than 2 values of that
-    feature, or they do not vary. Returns the count of rows per baseline kind.
-    """
+
+def _baseline_groups(rows: list[dict]) -> tuple[dict[tuple, list[dict]], dict[tuple, dict]]:
+    """The candidate baselines of ``rows`` (speaker, corpus and gender, corpus) and each one's
+    (mean, sample std) per feature of :data:`Z_FEATURES`."""
     usable = [r for r in rows if isinstance(r.get("evidence"), dict)
               and not r["evidence"].get("error") and "silent" not in r["evidence"].get("flags", [])]
     groups: dict[tuple, list[dict]] = defaultdict(list)
@@ -119,31 +116,69 @@ def add_zscores(rows: list[dict], min_speaker_utterances: int = MIN_SPEAKER_UTTE
                              if m["evidence"]["values"].get(f) is not None], dtype=float)
             if len(vals) >= 2 and vals.std(ddof=1) > _MIN_STD:
                 stats[key][f] = (float(vals.mean()), float(vals.std(ddof=1)))
+    return groups, stats
+
+
+def _set_zscores(row: dict, groups: dict, stats: dict, min_speaker_utterances: int) -> tuple | None:
+    """Fill ``row``'s ``evidence["z"]`` and ``["baseline"]`` by the rule of :func:`add_zscores`;
+    returns the key of the baseline used (None: no baseline)."""
+    ev = row["evidence"]
+    ds = row.get("dataset")
+    candidates = [("speaker", ds, row.get("speaker")), ("corpus_gender", ds, row.get("gender")),
+                  ("corpus", ds)]
+    key = next((k for k in candidates if k in groups
+                and len(groups[k]) >= min_speaker_utterances), None)
+    if key is None and ("corpus", ds) in groups:
+        key = ("corpus", ds)  # a small corpus: still the best baseline there is
+    if key is None:
+        ev["baseline"] = {"kind": "none", "n": 0}
+        ev["z"] = dict.fromkeys(Z_FEATURES)
+        return None
+    ev["baseline"] = {"kind": key[0], "n": len(groups[key])}
+    if key[0] != "corpus":
+        ev["baseline"]["group"] = key[2]
+    ev["z"] = {}
+    for f in Z_FEATURES:
+        value, ms = ev["values"].get(f), stats[key].get(f)
+        ev["z"][f] = None if value is None or ms is None else _clean((value - ms[0]) / ms[1])
+    return key
+
+
+def add_zscores(rows: list[dict], min_speaker_utterances: int = MIN_SPEAKER_UTTERANCES) -> Counter:
+    """Fill ``evidence["z"]`` and ``evidence["baseline"]`` of every measured row in place.
+
+    The baseline of a row is, in order: all measured utterances of its speaker (same
+    dataset) when there are at least ``min_speaker_utterances``; else all of the dataset's
+    utterances of the same gender, when the gender is known and there are that many; else
+    the whole dataset. The utterance itself is part of its baseline. Silent clips and rows
+    that failed are left out of every baseline. ``z = (value - mean) / std`` (sample std);
+    ``None`` where the value is missing, the baseline has fewer than 2 values of that
+    feature, or they do not vary. Returns the count of rows per baseline kind.
+    """
+    groups, stats = _baseline_groups(rows)
     kinds: Counter = Counter()
     for r in rows:
         ev = r.get("evidence")
         if not isinstance(ev, dict) or ev.get("error"):
             continue
-        ds = r.get("dataset")
-        candidates = [("speaker", ds, r.get("speaker")), ("corpus_gender", ds, r.get("gender")),
-                      ("corpus", ds)]
-        key = next((k for k in candidates if k in groups
-                    and len(groups[k]) >= min_speaker_utterances), None)
-        if key is None and ("corpus", ds) in groups:
-            key = ("corpus", ds)  # a small corpus: still the best baseline there is
-        if key is None:
-            ev["baseline"] = {"kind": "none", "n": 0}
-            ev["z"] = dict.fromkeys(Z_FEATURES)
-        else:
-            ev["baseline"] = {"kind": key[0], "n": len(groups[key])}
-            if key[0] != "corpus":
-                ev["baseline"]["group"] = key[2]
-            ev["z"] = {}
-            for f in Z_FEATURES:
-                value, ms = ev["values"].get(f), stats[key].get(f)
-                ev["z"][f] = None if value is None or ms is None else _clean((value - ms[0]) / ms[1])
+        _set_zscores(r, groups, stats, min_speaker_utterances)
         kinds[ev["baseline"]["kind"]] += 1
     return kinds
+
+
+def zscores_against(row: dict, reference: list[dict],
+                    min_speaker_utterances: int = MIN_SPEAKER_UTTERANCES) -> dict[str, tuple[float, float]]:
+    """Z-score one row measured on its own (an uploaded clip) against ``reference``, measured
+    rows of a corpus, by the rule of :func:`add_zscores`, with ``row`` part of its baseline.
+
+    A row without a speaker or gender (a clip of an unknown voice) gets the corpus baseline of
+    its ``dataset`` among the reference rows. Fills ``row``'s ``evidence["z"]`` and
+    ``["baseline"]`` in place (``reference`` is not changed) and returns that baseline's
+    ``{feature: (mean, std)}`` (empty when there is none).
+    """
+    groups, stats = _baseline_groups([*reference, row])
+    key = _set_zscores(row, groups, stats, min_speaker_utterances)
+    return {} if key is None else stats[key]
 
 
 def measure_manifest(

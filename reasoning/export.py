@@ -402,8 +402,17 @@ def push_to_hub(folder: Path, repo_id: str, private: bool = False) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="a checkpoint folder, or a run folder (its latest)")
-    parser.add_argument("--out", required=True, help="the export folder (must be empty or absent)")
+    """Two modes: a model (``--checkpoint RUN --out DIR``) or a prepared manifest as a
+    Hugging Face dataset (``--manifest M --to hf OUT``, :func:`reasoning.prepare.hf.export_manifest`)."""
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--checkpoint", help="a checkpoint folder, or a run folder (its latest)")
+    what.add_argument("--manifest", help="a prepared manifest.jsonl to export as a dataset, with its evidence "
+                                         "and rationales (with --to hf OUT)")
+    parser.add_argument("--out", help="with --checkpoint: the export folder (must be empty or absent)")
+    parser.add_argument("--to", choices=("hf",), help="with --manifest: hf, a `datasets` dataset saved with "
+                                                      "save_to_disk (read back by `emoreason prepare hf`)")
+    parser.add_argument("dataset_out", nargs="?", metavar="OUT", help="with --manifest --to hf: the dataset folder "
+                                                                       "(replaced whole)")
     parser.add_argument("--merge", action="store_true",
                         help="merge the LoRA adapter into the LLM and save the merged LLM instead of the adapter")
     parser.add_argument("--force", action="store_true", help="replace a non-empty --out folder")
@@ -411,11 +420,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the run's evaluation for the model card (an eval's metrics.json or quickstart.json); "
                              "default: looked for beside the checkpoint")
     parser.add_argument("--push-to-hub", default=None, metavar="REPO_ID",
-                        help="then upload the folder to this hub model repository (needs a network and a login)")
+                        help="then upload the model folder or the dataset to this hub repository (needs a network "
+                             "and a login: `hf auth login`)")
     parser.add_argument("--private", action="store_true", help="with --push-to-hub: create the repository private")
 
 
+def _export_dataset(args: argparse.Namespace) -> int:
+    from reasoning.prepare.hf import export_manifest
+
+    if args.to is None or args.dataset_out is None:
+        raise UserError("export --manifest needs a format and a folder: emoreason export --manifest M --to hf OUT")
+    ds = export_manifest(args.manifest, args.dataset_out, args.push_to_hub, args.private)
+    print(f"{args.dataset_out}: {len(ds)} rows, columns {', '.join(ds.column_names)}")
+    if args.push_to_hub:
+        print(f"pushed to the hub: {args.push_to_hub}")
+    print(f"read it back with: emoreason prepare hf --dataset {args.dataset_out} --out DIR")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.manifest is not None:
+        return _export_dataset(args)
+    if args.out is None or args.to is not None or args.dataset_out is not None:
+        raise UserError("export --checkpoint writes a model folder: emoreason export --checkpoint RUN --out DIR "
+                        "[--merge] (--to hf OUT is for --manifest)")
     if args.push_to_hub:  # refused before the work, not after it
         check_hub(args.push_to_hub, Path(args.out))
     out = export_model(args.checkpoint, args.out, merge=args.merge, force=args.force, metrics=args.metrics)

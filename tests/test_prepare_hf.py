@@ -224,6 +224,12 @@ def test_export_cli_and_an_offline_push(tmp_path, capsys):
     assert "--push-to-hub someone/emotion-copy: the push failed" in err and "offline" in err.lower()
     assert "The dataset is saved at" in err
     assert len(datasets.load_from_disk(str(tmp_path / "ds"))) == 12
+    # one `export` command, two modes: flags of the other mode are refused with the usage
+    assert main(["export", "--manifest", str(manifest), str(tmp_path / "ds3")]) == 2
+    assert "emoreason export --manifest M --to hf OUT" in capsys.readouterr().err
+    assert main(["export", "--checkpoint", str(tmp_path), "--to", "hf", str(tmp_path / "ds3")]) == 2
+    assert "--to hf OUT is for --manifest" in capsys.readouterr().err
+    assert not (tmp_path / "ds3").exists()
     # a manifest whose clip is gone is not exported
     rows = read_manifest(manifest)
     rows[0]["audio"] = str(tmp_path / "missing.wav")

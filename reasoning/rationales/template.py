@@ -73,6 +73,24 @@ def select_cues(label: str, evidence: dict) -> list[tuple[str, str, bool]]:
     return chosen
 
 
+def describe_cues(evidence: dict | None) -> str:
+    """The clip's citable cues in words, for a prompt (``prompt.evidence: measured``): each cue
+    whose z-score clears ``Z_NOTABLE``, "high" or "low", "very" from ``TEMPLATE_STRONG`` (the
+    words the template writes), in the order of :data:`CUES`; e.g. ``Against this speaker:
+    pitch range very high, loudness very low.`` Missing evidence or baseline says so."""
+    ev = evidence if isinstance(evidence, dict) and not evidence.get("error") else None
+    if ev is None or not any(z is not None for z in (ev.get("z") or {}).values()):
+        return "Cues: not measured."
+    words = ["no voicing"] if "unvoiced" in (ev.get("flags") or []) else []
+    for cue in CUES:
+        z = cue_z(cue, ev)
+        if cue.up and cue.down and z is not None and abs(z) >= Z_NOTABLE:
+            level = ("very " if abs(z) >= TEMPLATE_STRONG else "") + ("high" if z > 0 else "low")
+            words.append(f"{cue.name.replace('_', ' ')} {level}")
+    whom = "this speaker" if (ev.get("baseline") or {}).get("kind") == "speaker" else "the corpus"
+    return f"Against {whom}: {', '.join(words) or 'all usual'}."
+
+
 def supporting_quotes(label: str, evidence: dict) -> list[str]:
     """Transcript phrases (lexicon hits) that support ``label``, at most ``MAX_QUOTES``."""
     fam = family(label)

@@ -65,7 +65,7 @@ def _describe_prompt(prompt) -> str:
     if not isinstance(prompt, Mapping):
         return "–" if not prompt else " / ".join(map(_describe_prompt, prompt))
     return (f"transcript {prompt.get('transcript')}, VA {prompt.get('va_in_prompt')}, "
-            f"{prompt.get('rationale_order')}")
+            f"cues {prompt.get('evidence', 'none')}, {prompt.get('rationale_order')}")
 
 
 def compare_table(runs: Mapping[str, Mapping]) -> str:

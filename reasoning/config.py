@@ -34,6 +34,7 @@ SCHEDULES = ("round_robin", "weighted", "phased")
 # Parts a phase of the `phased` schedule may train.
 PARTS = ("speech", "paralinguistic", "llm", "heads")
 TRANSCRIPT_MODES = ("none", "gold", "asr")
+EVIDENCE_MODES = ("none", "measured")
 RATIONALE_ORDERS = ("label_then_rationale", "rationale_then_label")
 LAYER_TARGETS = ("emotion", "valence", "arousal")
 # `heads.dimensions`: what the VA head predicts, in this order (a VAD head adds dominance).
@@ -202,12 +203,15 @@ class PromptConfig:
     transcript: str = _f("none", "Transcript as a second modality (arXiv 2506.10930), written before the audio in the emotion, va and rationale prompts: `none`; `gold`: the manifest's transcript (every row needs one); `asr`: the gold transcript in training, and at evaluation the model's own transcript (a first ASR pass with the same model; needs the asr task).")
     rationale_order: str = _f("label_then_rationale", "Target of the rationale task (arXiv 2305.17422): `label_then_rationale` (\"angry: loud voice...\") or `rationale_then_label` (\"loud voice..., so: angry\").")
     two_step: bool = _f(False, "Two-step prediction (arXiv 2305.17422): valence and arousal are written into the emotion and rationale prompts (\"Valence +0.3, arousal -0.2.\"): the gold values in training, the VA head's prediction at evaluation, where the gold values give a second system `model-oracle-va`. Needs the va task.")
+    evidence: str = _f("none", "Measured cues as words in the emotion, va and rationale prompts, before the audio (as SpeechCueLLM, arXiv 2407.21315, describes the voice to the LLM): `none`; `measured`: each cue of the clip's evidence that departs from its speaker's baseline (\"Against this speaker: pitch range very high, loudness very low.\"), the words the template rationales use. Every row needs measured evidence (`emoreason evidence`); `explain` measures the clips it is given, against each other.")
     system: str | None = _f(None, "System message of every prompt; null: the chat template's default (SmolLM2's and Qwen2.5's add about 20 tokens), \"\": an empty one.")
     asr_max_tokens: int = _f(48, "`transcript: asr`: length limit of the model's own transcript.")
 
     def __post_init__(self) -> None:
         if self.transcript not in TRANSCRIPT_MODES:
             raise RecipeError(f"prompt.transcript: {self.transcript!r} is not one of {', '.join(TRANSCRIPT_MODES)}.")
+        if self.evidence not in EVIDENCE_MODES:
+            raise RecipeError(f"prompt.evidence: {self.evidence!r} is not one of {', '.join(EVIDENCE_MODES)}.")
         if self.rationale_order not in RATIONALE_ORDERS:
             raise RecipeError(f"prompt.rationale_order: {self.rationale_order!r} is not one of "
                               f"{', '.join(RATIONALE_ORDERS)}.")

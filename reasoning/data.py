@@ -18,6 +18,7 @@ import torch
 from reasoning.audio import SAMPLE_RATE, load_audio
 from reasoning.manifest import DIMENSIONS
 from reasoning.prepare.splits import balanced_subset, example_weights
+from reasoning.rationales.template import describe_cues
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +29,8 @@ INSTRUCTIONS = {
     "va": "Rate the valence and arousal of the speaker.",
     "rationale": "Which emotion does the speaker express, and what in the voice and the words shows it?",
 }
-# Tasks whose prompts may carry the transcript (`prompt.transcript`): never asr, whose target it is.
+# Tasks whose prompts may carry the transcript (`prompt.transcript`) and the measured cues
+# (`prompt.evidence`): never asr, whose target the transcript is.
 TRANSCRIPT_TASKS = ("emotion", "va", "rationale")
 # Tasks whose prompts carry valence and arousal in two-step mode (`prompt.two_step`): those that
 # name the label; never va, which predicts them.
@@ -104,19 +106,22 @@ class PromptBuilder:
         return ids or [self.tokenizer.eos_token_id]
 
     def prompt(self, task: str, transcript: str | None = None,
-               va: tuple[float, float] | None = None) -> tuple[list[int], list[bool]]:
+               va: tuple[float, float] | None = None, cues: str | None = None) -> tuple[list[int], list[bool]]:
         """Token ids of the prompt for ``task`` and which positions are audio.
 
-        ``transcript`` is written before the audio, so that the audio positions (which the
-        VA head pools) attend to the words; ``va`` (two-step mode) after the audio, before
-        the instruction. Without either, the prompt is the same for every clip.
+        ``transcript`` and then ``cues`` (the measured cues in words) are written before the
+        audio, so that the audio positions (which the VA head pools) attend to them; ``va``
+        (two-step mode) after the audio, before the instruction. Without any of them, the
+        prompt is the same for every clip.
         """
-        key = (task, transcript, va)
+        key = (task, transcript, va, cues)
         if key not in self._prompts:
             instruction = INSTRUCTIONS[task].format(labels=", ".join(self.labels))
             content = f"{AUDIO_PLACEHOLDER}\n{instruction}"
             if va is not None:
                 content = f"{AUDIO_PLACEHOLDER}\n{va_text(*va)}\n{instruction}"
+            if cues is not None:
+                content = f"{cues}\n{content}"
             if transcript is not None:
                 content = f'Transcript: "{transcript.replace(AUDIO_PLACEHOLDER, " ")}"\n{content}'
             text = self.tokenizer.apply_chat_template(
@@ -125,7 +130,7 @@ class PromptBuilder:
             head, tail = self._encode(before), self._encode(after)
             ids = head + [self.pad_id] * self.num_audio_tokens + tail
             audio = [False] * len(head) + [True] * self.num_audio_tokens + [False] * len(tail)
-            if transcript is not None or va is not None:
+            if transcript is not None or va is not None or cues is not None:
                 return ids, audio  # per clip: not worth keeping
             self._prompts[key] = (ids, audio)
         return self._prompts[key]
@@ -176,9 +181,9 @@ class AudioCache:
 class Collator:
     """Builds a model batch from manifest rows for one task (see :class:`DualEncoderLLM`).
 
-    ``transcript`` and ``two_step`` say what the prompts carry besides the audio (the
-    recipe's ``prompt`` section); from the rows themselves (gold values) unless the caller
-    passes ``contexts``. Prompts that differ per clip are left-padded, so every prompt ends
+    ``transcript``, ``evidence`` and ``two_step`` say what the prompts carry besides the audio
+    (the recipe's ``prompt`` section); from the rows themselves (gold values, measured cues)
+    unless the caller passes ``contexts``. Prompts that differ per clip are left-padded, so every prompt ends
     at the same position and the target or label follows it directly.
 
     ``augment(wave, key)`` (training only) changes a clip's waveform; it runs only for
@@ -198,10 +203,17 @@ class Collator:
     cached: bool = False
     max_seconds: float | None = None
     dimensions: tuple[str, ...] = VA_DIMENSIONS
+    evidence: str = "none"
+
+    def cues(self, row: dict, task: str) -> str | None:
+        """The measured cues in words that ``task``'s prompt for ``row`` carries (``prompt.evidence``)."""
+        if self.evidence == "none" or task not in TRANSCRIPT_TASKS:
+            return None
+        return describe_cues(row.get("evidence"))
 
     def context(self, row: dict, task: str) -> dict:
-        """The gold prompt context of ``row`` for ``task``: ``{transcript, va}`` (None: absent)."""
-        ctx = {"transcript": None, "va": None}
+        """The gold prompt context of ``row`` for ``task``: ``{transcript, va, cues}`` (None: absent)."""
+        ctx = {"transcript": None, "va": None, "cues": self.cues(row, task)}
         if self.transcript != "none" and task in TRANSCRIPT_TASKS:
             ctx["transcript"] = (row.get("transcript") or "").strip() or None
         if self.two_step and task in VA_PROMPT_TASKS and row.get("valence") is not None \
@@ -210,9 +222,9 @@ class Collator:
         return ctx
 
     def prompt_batch(self, task: str, contexts: list[dict]) -> dict:
-        """The prompts of ``task`` for clips with ``contexts`` (one ``{transcript, va}`` each),
-        left-padded: input_ids, attention_mask, audio_mask (n, P)."""
-        prompts = [self.builder.prompt(task, c.get("transcript"), c.get("va")) for c in contexts]
+        """The prompts of ``task`` for clips with ``contexts`` (one ``{transcript, va, cues}``
+        each), left-padded: input_ids, attention_mask, audio_mask (n, P)."""
+        prompts = [self.builder.prompt(task, c.get("transcript"), c.get("va"), c.get("cues")) for c in contexts]
         width = max(len(ids) for ids, _ in prompts)
         n = len(prompts)
         out = {"input_ids": torch.full((n, width), self.builder.pad_id, dtype=torch.long),

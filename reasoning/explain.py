@@ -50,7 +50,7 @@ class Explainer:
         self.collate = Collator(self.builder, AudioCache(keep=False), self.prompt.transcript,
                                 self.prompt.two_step, self.prompt.rationale_order,
                                 max_seconds=self.recipe.model.speech.max_seconds,
-                                dimensions=tuple(self.recipe.heads.dimensions))
+                                dimensions=tuple(self.recipe.heads.dimensions), evidence=self.prompt.evidence)
         self.dimensions = list(self.recipe.heads.dimensions)
         self.batch_size = batch_size
         self.max_new_tokens = max_new_tokens
@@ -90,7 +90,9 @@ class Explainer:
         emo = to_device(self.collate(rows, "emotion", contexts=[{} for _ in rows]), self.device)
         audio = m.encode_audio(emo["waves"], emo["wave_lengths"])  # encoded once for all prompts
         transcripts = self.transcripts(rows, emo, audio)
-        ctx = [{"transcript": t} for t in transcripts] if transcripts is not None else [{} for _ in rows]
+        # One context for the emotion, va and rationale prompts: they carry the same cues.
+        ctx = [{"transcript": transcripts[i] if transcripts is not None else None,
+                "cues": self.collate.cues(row, "emotion")} for i, row in enumerate(rows)]
         if self.prompt.two_step:  # the label is scored after the predicted valence and arousal
             va_in = {**emo, **self._prompts("va", ctx)}
             va = m.predict_va(va_in, m.embed_prompt(va_in, audio)).cpu().numpy()
@@ -153,9 +155,10 @@ class Explainer:
         return out
 
     def prompt_meta(self, va: str | None = None) -> dict:
-        """What the prompts held, for reports: transcript mode, VA in the prompt, rationale order."""
+        """What the prompts held, for reports: transcript mode, VA in the prompt, rationale order,
+        measured cues."""
         p = self.prompt
-        return {"transcript": p.transcript,
+        return {"transcript": p.transcript, "evidence": p.evidence,
                 "va_in_prompt": (va or "predicted") if p.two_step else "none",
                 "rationale_order": p.rationale_order}
 
@@ -305,6 +308,13 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"none of the {len(bad)} clip(s) could be read (see above).")
     explainer = Explainer(args.checkpoint, args.batch_size, args.max_new_tokens, args.top_k, args.device)
     rows = [{"id": c.stem, "audio": str(c)} for c in clips]
+    if explainer.prompt.evidence != "none":  # the prompts carry measured cues: measure the clips
+        from reasoning.evidence.measure import measure_manifest
+
+        if len(rows) < 2:
+            print("emoreason explain: one clip has no baseline to compare its cues with; give several "
+                  "clips of the speaker to measure them against each other", file=sys.stderr)
+        rows, _ = measure_manifest(rows, progress=True)
     preds = explainer.predict(rows, rationale=not args.no_rationale, progress=True)
     if args.json:
         print(json.dumps(preds, indent=2, ensure_ascii=False))

@@ -212,7 +212,7 @@ def markdown_table(result: Mapping) -> str:
     if prompts:
         def describe(p: Mapping) -> str:
             return (f"transcript {p.get('transcript')}, VA in prompt {p.get('va_in_prompt')}, "
-                    f"rationale order {p.get('rationale_order')}")
+                    f"cues {p.get('evidence', 'none')}, rationale order {p.get('rationale_order')}")
 
         notes += ["", "Prompts: " + "; ".join(
             f"{name}: " + (describe(v) if isinstance(v, Mapping) else " | ".join(map(describe, v)))

@@ -25,8 +25,8 @@ from reasoning.checkpoint import (checkpoint_dirs, load_trainable, load_training
                                  resolve_checkpoint, save_checkpoint)
 from reasoning.config import RECIPE_NAME, Recipe, describe_fields, load_recipe, save_recipe
 from reasoning.augment import build_augmenter
-from reasoning.data import (VA_PROMPT_TASKS, AudioCache, Collator, PromptBuilder, TaskSchedule, task_target,
-                            to_device)
+from reasoning.data import (TRANSCRIPT_TASKS, VA_PROMPT_TASKS, AudioCache, Collator, PromptBuilder, TaskSchedule,
+                            task_target, to_device)
 from reasoning.distributed import gather_rows, layer_classes
 from reasoning.errors import RecipeError, UserError
 from reasoning.manifest import read_manifest
@@ -142,7 +142,7 @@ class TrainRecipe:
                                 augment=build_augmenter(r.augment, r.train.seed),
                                 # a cached encoder output belongs to the clip as recorded
                                 cached=bool(self.model.caches), max_seconds=r.model.speech.max_seconds,
-                                dimensions=tuple(r.heads.dimensions))
+                                dimensions=tuple(r.heads.dimensions), evidence=r.prompt.evidence)
         if self.collate.augment is not None and self.model.caches:
             log.warning("augmentation is off: model.encoder_cache holds the %s encoder outputs of the "
                         "unaugmented clips", " and ".join(self.model.caches))
@@ -172,9 +172,19 @@ class TrainRecipe:
         log.info("examples per task: %s", {t: len(v) for t, v in examples.items()})
 
     def _check_prompt_inputs(self, rows: list[dict], examples: dict[str, list[int]]) -> None:
-        """``prompt.transcript`` needs a transcript on every row it puts in a prompt;
-        ``prompt.two_step`` trains the label tasks on rows with gold valence and arousal only."""
+        """``prompt.transcript`` needs a transcript, and ``prompt.evidence`` measured evidence,
+        on every row it puts in a prompt; ``prompt.two_step`` trains the label tasks on rows
+        with gold valence and arousal only."""
         p, manifest = self.recipe.prompt, self.recipe.data.train_manifest
+        if p.evidence != "none":
+            used = sorted({i for t, idx in examples.items() if t in TRANSCRIPT_TASKS for i in idx})
+            missing = [rows[i]["id"] for i in used if not isinstance(rows[i].get("evidence"), dict)
+                       or rows[i]["evidence"].get("error")]
+            if missing:
+                raise RecipeError(
+                    f"prompt.evidence is `{p.evidence}`, but {len(missing)} of {len(used)} training rows of "
+                    f"{manifest} have no measured evidence (e.g. {missing[0]}): run `emoreason evidence "
+                    f"--manifest {manifest}`, or set prompt.evidence: none.")
         if p.transcript != "none":
             used = sorted({i for t, idx in examples.items() if t != "asr" for i in idx})
             missing = [rows[i]["id"] for i in used if not (rows[i].get("transcript") or "").strip()]

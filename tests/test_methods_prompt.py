@@ -2,6 +2,7 @@
 oracle; left-padded prompts score and generate like single clips."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -15,6 +16,9 @@ from reasoning.errors import RecipeError, UserError
 from reasoning.evaluate import MODEL_NAME, ORACLE_NAME, evaluate_rows
 from reasoning.explain import Explainer, predict_rows, stated_emotion
 from reasoning.manifest import read_manifest, write_manifest
+from reasoning.rationales.base import RationaleRequest
+from reasoning.rationales.template import describe_cues, template_rationale
+from reasoning.rationales.verify import verify
 from reasoning.train import TrainRecipe
 
 from conftest import SAMPLES, TINY, tiny_recipe_tree
@@ -78,10 +82,72 @@ def test_rationale_order_changes_the_target(tokenizer):
     ("prompt.rationale_order=random", "prompt.rationale_order"),
     ("prompt.transcript=asr", r"prompt.transcript is `asr`.*add asr to data.tasks"),
     ("prompt.two_step=true", r"prompt.two_step.*add va to data.tasks"),
+    ("prompt.evidence=words", r"prompt.evidence: 'words' is not one of none, measured"),
 ])
 def test_prompt_options_are_checked_before_any_model(tmp_path, override, message):
     with pytest.raises(RecipeError, match=message):
         load_recipe(tree=tiny_recipe_tree(tmp_path), overrides=["data.tasks={emotion: 1.0, rationale: 1.0}", override])
+
+
+def _evidence(z: dict, kind: str = "speaker", flags: tuple = ()) -> dict:
+    return {"z": z, "baseline": {"kind": kind, "n": 10}, "flags": list(flags), "error": None}
+
+
+def test_measured_cues_are_written_as_the_template_words():
+    ev = _evidence({"f0_range_st": 1.9, "loudness": -2.0, "jitter_local": 0.6, "shimmer_local": -0.3,
+                    "syllable_rate": 0.3, "f0_mean_st": None, "hnr_db": -0.7})
+    # CUES order; jitter and shimmer are read as roughness (the larger z); low HNR is breathiness
+    assert describe_cues(ev) == ("Against this speaker: a very wide pitch range, a breathy voice, a rough voice, "
+                                 "a very quiet voice.")
+    assert describe_cues(_evidence({"loudness": 0.2, "f0_mean_st": -0.1}, kind="corpus_gender")) == \
+        "Against the corpus: usual pitch, usual loudness."
+    assert describe_cues(_evidence({"loudness": 0.2}, flags=("unvoiced",))) == \
+        "Against this speaker: no voiced speech to measure a pitch from, usual loudness."
+    for missing in (None, {"error": "unreadable", "z": {"loudness": 2.0}}, _evidence({"loudness": None})):
+        assert describe_cues(missing) == "Cues: not measured."
+
+
+def test_every_cue_a_template_rationale_cites_is_in_the_cue_line():
+    """The rationale task can copy its cues from the prompt: each claim of a template
+    rationale is one that the cue line makes too, as the verifier reads them."""
+    rng = np.random.default_rng(0)
+    features = ("f0_mean_st", "f0_range_st", "f0_sd_st", "loudness", "syllable_rate", "pause_ratio",
+                "jitter_local", "shimmer_local", "hnr_db", "spectral_slope")
+
+    def claims(text: str, ev: dict, label: str) -> set:
+        return {(c["cue"], c["direction"], c["strength"]) for c in verify(text, ev, label, None).claims
+                if c["kind"] == "cue"}
+
+    for i in range(300):
+        flags = ("unvoiced",) if i % 10 == 0 else ()
+        ev = _evidence({f: float(rng.normal(0, 1.2)) if rng.random() > 0.1 else None for f in features},
+                       flags=flags)
+        label = ["anger", "sadness", "neutral", "happiness"][i % 4]
+        line = describe_cues(ev)
+        text = template_rationale(RationaleRequest(str(i), label, None, ev))
+        cited = claims(text, ev, label)
+        assert cited and cited <= claims(f"{label}: {line.split(': ', 1)[1]}", ev, label), (text, line)
+        assert verify(f"{label}: {line.split(': ', 1)[1]}", ev, label, None).passed, line
+
+
+def test_measured_cues_go_before_the_audio_of_every_prompt_but_asr(tokenizer):
+    rows = [{**r, "evidence": _evidence({"loudness": 1.8 - i, "syllable_rate": -0.6})}
+            for i, r in enumerate(read_manifest(SAMPLES)[:3])]
+    builder = PromptBuilder(tokenizer, LABELS, 4)
+    plain, cued = Collator(builder, AudioCache()), Collator(builder, AudioCache(), evidence="measured")
+    for task in ("emotion", "va", "rationale", "asr"):
+        a, b = plain(rows, task), cued(rows, task)
+        for i, row in enumerate(rows):
+            before = tokenizer.decode(real(a, i))
+            if task == "asr":
+                assert tokenizer.decode(real(b, i)) == before
+                continue
+            line = describe_cues(row["evidence"])
+            ids, audio = b["input_ids"][i], b["audio_mask"][i]
+            head = tokenizer.decode(ids[b["attention_mask"][i].bool() & (torch.cumsum(audio, 0) == 0)])
+            assert head.endswith(f"{line}\n"), head  # right before the audio positions
+            assert tokenizer.decode(real(b, i)).replace(f"{line}\n", "", 1) == before
+    assert describe_cues(rows[0]["evidence"]) == "Against this speaker: a very loud voice, slow speech."
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +218,7 @@ def test_eval_reports_the_oracle_beside_the_model_and_the_prompt_modes(two_step,
                            predictor=lambda fold, test: predict_rows(trainer.output_dir, test, rationale=False))
     assert list(result["systems"]) == [MODEL_NAME, ORACLE_NAME, "majority"]
     saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())
-    assert saved["prompt"][MODEL_NAME] == {"transcript": "gold", "va_in_prompt": "predicted",
+    assert saved["prompt"][MODEL_NAME] == {"transcript": "gold", "evidence": "none", "va_in_prompt": "predicted",
                                            "rationale_order": "rationale_then_label"}
     assert saved["prompt"][ORACLE_NAME]["va_in_prompt"] == "gold"
     assert "Prompts: model: transcript gold" in (tmp_path / "eval" / "report.md").read_text()
@@ -215,3 +281,72 @@ def test_asr_mode_transcribes_first_and_left_padded_prompts_match_single_clips(t
                           prompt_embeds=emb)[0].tolist()
             assert gen[i].tolist()[: len(g1)] == g1
     assert np.isfinite(logp.numpy()).all()
+
+
+@pytest.fixture(scope="module")
+def cued(tmp_path_factory):
+    """A tiny model trained two steps with the measured cues in its prompts: (explainer, rows)."""
+    from reasoning.evidence.measure import measure_manifest
+
+    tmp = tmp_path_factory.mktemp("cued")
+    rows = [{**r, "audio": str(SAMPLES.parent / r["audio"])} for r in read_manifest(SAMPLES)
+            if r["speaker"] == "spk1"][:6]
+    rows, _ = measure_manifest(rows)
+    manifest = write_manifest(rows, tmp / "m.jsonl")
+    tree = tiny_recipe_tree(tmp / "run", manifest, train={"max_steps": 2}, prompt={"evidence": "measured"})
+    tree["data"].update(train_split=[], tasks={"emotion": 1.0, "rationale": 1.0})
+    trainer = TrainRecipe(load_recipe(tree=tree))
+    trainer.setup()
+    trainer.train()
+    return Explainer(trainer.output_dir, batch_size=8), read_manifest(manifest)
+
+
+def test_prediction_prompts_carry_each_clips_measured_cues(cued, tokenizer, monkeypatch):
+    explainer, rows = cued
+    rows = sorted(rows, key=duration)  # the order of explain's batches, which the spy sees
+    seen = []
+    score = explainer.model.score_labels
+
+    def spy(batch, prompt_embeds=None, with_va=False):
+        seen.extend(tokenizer.decode(real(batch, i)) for i in range(len(batch["input_ids"])))
+        return score(batch, prompt_embeds, with_va)
+
+    monkeypatch.setattr(explainer.model, "score_labels", spy)
+    preds = explainer.predict(rows, rationale=False, progress=False)
+    lines = [describe_cues(r["evidence"]) for r in rows]
+    assert len(set(lines)) > 1  # the clips differ, so the test can tell them apart
+    for text, line, row, pred in zip(seen, lines, rows, preds):
+        assert f"{line}\n" in text and pred["id"] == row["id"]
+    assert explainer.prompt_meta()["evidence"] == "measured"
+
+
+def test_training_with_cues_needs_measured_evidence(tmp_path):
+    manifest = write_manifest(read_manifest(SAMPLES)[:4], tmp_path / "unmeasured.jsonl")
+    tree = tiny_recipe_tree(tmp_path / "run", manifest, prompt={"evidence": "measured"})
+    tree["data"].update(train_split=[])
+    with pytest.raises(RecipeError, match=r"prompt.evidence is `measured`, but 4 of 4 training rows .*"
+                                          r"unmeasured.jsonl have no measured evidence .*emoreason evidence"):
+        TrainRecipe(load_recipe(tree=tree)).setup()
+
+
+def test_explain_measures_bare_clips_for_a_model_with_cues(cued, monkeypatch, capsys):
+    import argparse
+
+    from reasoning import explain
+
+    explainer, rows = cued
+    given = []
+    predict = explain.Explainer.predict
+    monkeypatch.setattr(explain.Explainer, "predict", lambda self, rs, **kw: given.extend(rs) or predict(self, rs, **kw))
+    parser = argparse.ArgumentParser()
+    explain.add_arguments(parser)
+    clips = [r["audio"] for r in rows[:3]]
+    assert explain.run(parser.parse_args(["--checkpoint", str(explainer.checkpoint), "--json", *clips])) == 0
+    assert len(json.loads(capsys.readouterr().out)) == 3
+    # measured against each other: the manifest's acoustic values (a bare clip has no
+    # transcript, so no word rate), z-scores against these three clips
+    assert [g["evidence"]["baseline"] for g in given] == [{"kind": "corpus", "n": 3}] * 3
+    by_id = {r["id"]: r for r in rows}
+    for g in given:
+        values = {**by_id[g["id"]]["evidence"]["values"], "word_rate": None}
+        assert g["evidence"]["values"] == values

@@ -73,6 +73,31 @@ def select_cues(label: str, evidence: dict) -> list[tuple[str, str, bool]]:
     return chosen
 
 
+def describe_cues(evidence: dict | None) -> str:
+    """The clip's cues in the template's own words, for a prompt (``prompt.evidence:
+    measured``): every citable cue that clears ``Z_NOTABLE`` (not only the ``MAX_CUES`` a
+    template picks), in the order of :data:`CUES`, intensified from ``TEMPLATE_STRONG``; the
+    usual pitch, loudness and pace when none does. E.g. ``Against this speaker: a very broad
+    pitch range, a very quiet voice.`` Missing evidence or baseline says so."""
+    ev = evidence if isinstance(evidence, dict) and not evidence.get("error") else None
+    if ev is None or not any(z is not None for z in (ev.get("z") or {}).values()):
+        return "Cues: not measured."
+    unvoiced = "unvoiced" in (ev.get("flags") or [])
+    phrases = [CUES_BY_NAME["unvoiced"].up[0]] if unvoiced else []
+    for cue in CUES:
+        z = cue_z(cue, ev)
+        if cue.up and cue.down and z is not None and abs(z) >= Z_NOTABLE:
+            phrase = (cue.up if z > 0 else cue.down)[0]
+            phrases.append(intensify(phrase) if abs(z) >= TEMPLATE_STRONG else phrase)
+    if len(phrases) == unvoiced:  # as the template: nothing notable is itself a cue
+        for name in ("pitch", "loudness", "rate"):
+            z = cue_z(CUES_BY_NAME[name], ev)
+            if z is not None and abs(z) < Z_NOTABLE:
+                phrases.append(CUES_BY_NAME[name].usual[0])
+    whom = "this speaker" if (ev.get("baseline") or {}).get("kind") == "speaker" else "the corpus"
+    return f"Against {whom}: {', '.join(phrases)}."
+
+
 def supporting_quotes(label: str, evidence: dict) -> list[str]:
     """Transcript phrases (lexicon hits) that support ``label``, at most ``MAX_QUOTES``."""
     fam = family(label)

@@ -8,8 +8,9 @@ are comparable only when they scored the same protocol on the same test utteranc
 other pair is refused.
 
 Columns: UA, WA and macro-F1 (mean ± std over folds), speakers with UAR >= 0.5, CCC of
-valence and arousal (pooled), the verifier's pass rate of the generated rationales and the
-share whose stated emotion equals the predicted label, and what the prompts held.
+valence and arousal (and of dominance when a model predicts it; pooled), the verifier's
+pass rate of the generated rationales and the share whose stated emotion equals the
+predicted label, and what the prompts held.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Mapping
 from reasoning.benchmark import EVAL_DIR
 from reasoning.errors import UserError
 from reasoning.evaluate import MODEL_NAME, ORACLE_NAME
-from reasoning.report import METRICS_NAME, _dec, _get, _pct, _va_source
+from reasoning.report import METRICS_NAME, _dec, _get, _pct, _va_dimensions, _va_source
 
 
 def find_metrics(path: str | Path) -> Path:
@@ -70,8 +71,11 @@ def _describe_prompt(prompt) -> str:
 
 def compare_table(runs: Mapping[str, Mapping]) -> str:
     """The Markdown table of :mod:`reasoning.compare`'s docstring."""
-    header = ["run", "system", "UA %", "WA %", "macro-F1 %", "speakers UAR ≥ .5", "CCC valence",
-              "CCC arousal", "rationale pass %", "stated = predicted %", "prompt"]
+    # valence and arousal always; dominance when a run's model predicts it (heads.dimensions)
+    dims = ["valence", "arousal", *[d for d in ("dominance",) if any(d in _va_dimensions(r["systems"])
+                                                                     for r in runs.values())]]
+    header = ["run", "system", "UA %", "WA %", "macro-F1 %", "speakers UAR ≥ .5", *[f"CCC {d}" for d in dims],
+              "rationale pass %", "stated = predicted %", "prompt"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
 
     def row(run: str, system: str, result: Mapping) -> str:
@@ -85,7 +89,7 @@ def compare_table(runs: Mapping[str, Mapping]) -> str:
         spk = pooled.get("speakers") or {}
         share = spk.get("share_uar_ge_0.5")
         source = _va_source(pooled)
-        ccc = [_dec(_get(pooled, f"va.{source}.{d}.ccc")) if source else "–" for d in ("valence", "arousal")]
+        ccc = [_dec(_get(pooled, f"va.{source}.{d}.ccc")) if source else "–" for d in dims]
         prompt = (result.get("prompt") or {}).get(system)
         cells = [run, system, folded("ua"), folded("wa"), folded("macro_f1"),
                  "–" if share is None else f"{round(share * spk['speakers'])}/{spk['speakers']}", *ccc,

@@ -37,12 +37,7 @@ from pathlib import Path
 from reasoning.audio import SAMPLE_RATE, load_audio
 from reasoning.checkpoint import add_device_argument, resolve_device
 from reasoning.errors import AudioError, UserError
-from reasoning.evidence import (
-    Z_FEATURE_UNITS,
-    Z_FEATURES,
-    measure_manifest,
-    zscores_against,
-)
+from reasoning.evidence import Z_FEATURE_UNITS, Z_FEATURES, measure_alone
 from reasoning.explain import Explainer, label_first
 from reasoning.manifest import read_manifest
 from reasoning.rationales.cues import CUES
@@ -146,20 +141,21 @@ class DemoModel:
         transcript = (transcript or "").strip() or None
         results = [{"clip": Path(p).name, "path": str(p), "error": self.check_clip(p)} for p in paths]
         todo = [r for r in results if r["error"] is None]
-        rows = [{"id": Path(r["path"]).stem, "audio": r["path"], "transcript": transcript} for r in todo]
+        # Measured before the prediction: a model trained with prompt.evidence reads the cues.
+        measured = [measure_alone({"id": Path(r["path"]).stem, "audio": r["path"], "transcript": transcript},
+                                  self.reference) for r in todo]
         try:
             with self._lock:
-                preds = self.explainer.predict(rows, progress=False) if rows else []
+                preds = self.explainer.predict([m[0] for m in measured], progress=False) if todo else []
         except UserError as err:  # e.g. a model that needs a transcript with every clip
             for r in todo:
                 r["error"] = str(err)
             return results
-        for r, row, pred in zip(todo, rows, preds):
+        for r, (row, stats), pred in zip(todo, measured, preds):
             said = pred.get("transcript") if self.asr else transcript
-            measured, _ = measure_manifest([{**row, "transcript": said, "dataset": self.dataset,
-                                             "speaker": None, "gender": None}])
-            ev = measured[0]["evidence"]
-            stats = {} if ev.get("error") else zscores_against(measured[0], self.reference)
+            if said != transcript:  # an ASR model's own words: the lexical evidence comes from them
+                row, stats = measure_alone({**row, "transcript": said}, self.reference)
+            ev = row["evidence"]
             verdict = None
             if pred["rationale"] and not ev.get("error"):
                 verdict = verify(label_first(pred["rationale"], self.labels), ev, pred["emotion"], said,

@@ -296,6 +296,21 @@ def readable_clips(clips: list[Path]) -> tuple[list[Path], list[str]]:
     return good, bad
 
 
+def measure_clips(explainer: Explainer, rows: list[dict]) -> list[dict]:
+    """``rows`` with evidence, each clip measured on its own against the corpus the model was
+    trained on (as ``emoreason demo`` does): a clip given to ``explain`` has no speaker
+    baseline."""
+    from reasoning.evidence import measure_alone
+    from reasoning.export import training_evidence
+
+    reference, source = training_evidence(explainer.checkpoint, explainer.recipe)
+    if not reference:
+        raise UserError(f"{explainer.checkpoint}: its prompts carry measured cues (prompt.evidence), which are "
+                        f"z-scores against the training corpus, but there is none to read: {source}.")
+    log.info("cues of each clip against the %d training clips of %s", len(reference), source)
+    return [measure_alone(row, reference)[0] for row in rows]
+
+
 def run(args: argparse.Namespace) -> int:
     """Explain every readable clip. Clips are checked before the model loads; one that cannot
     be read is reported on stderr and the others go on (exit status 1 then). Progress goes to
@@ -308,13 +323,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"none of the {len(bad)} clip(s) could be read (see above).")
     explainer = Explainer(args.checkpoint, args.batch_size, args.max_new_tokens, args.top_k, args.device)
     rows = [{"id": c.stem, "audio": str(c)} for c in clips]
-    if explainer.prompt.evidence != "none":  # the prompts carry measured cues: measure the clips
-        from reasoning.evidence.measure import measure_manifest
-
-        if len(rows) < 2:
-            print("emoreason explain: one clip has no baseline to compare its cues with; give several "
-                  "clips of the speaker to measure them against each other", file=sys.stderr)
-        rows, _ = measure_manifest(rows, progress=True)
+    if explainer.prompt.evidence != "none":  # the prompts carry the measured cues: measure the clips
+        rows = measure_clips(explainer, rows)
     preds = explainer.predict(rows, rationale=not args.no_rationale, progress=True)
     if args.json:
         print(json.dumps(preds, indent=2, ensure_ascii=False))

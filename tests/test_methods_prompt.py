@@ -343,10 +343,11 @@ def test_explain_measures_bare_clips_for_a_model_with_cues(cued, monkeypatch, ca
     clips = [r["audio"] for r in rows[:3]]
     assert explain.run(parser.parse_args(["--checkpoint", str(explainer.checkpoint), "--json", *clips])) == 0
     assert len(json.loads(capsys.readouterr().out)) == 3
-    # measured against each other: the manifest's acoustic values (a bare clip has no
-    # transcript, so no word rate), z-scores against these three clips
-    assert [g["evidence"]["baseline"] for g in given] == [{"kind": "corpus", "n": 3}] * 3
+    # each clip measured on its own: the manifest's acoustic values (a bare clip has no
+    # transcript, so no word rate), z-scores against the six training clips and itself
+    assert [g["evidence"]["baseline"] for g in given] == [{"kind": "corpus", "n": 7}] * 3
     by_id = {r["id"]: r for r in rows}
     for g in given:
         values = {**by_id[g["id"]]["evidence"]["values"], "word_rate": None}
         assert g["evidence"]["values"] == values
+        assert describe_cues(g["evidence"]).startswith("Against the corpus: ")

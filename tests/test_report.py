@@ -250,6 +250,18 @@ def test_compare_puts_runs_side_by_side_and_refuses_other_test_sets(tmp_path, ca
     assert f"| plain | model | {100 * ua['mean']:.1f} ± {100 * ua['std']:.1f} |" in table
     assert f"| {100 * plain['pooled']['rationales']['pass_rate']:.1f} |" in table
 
+    assert "CCC dominance" not in table
+
+    def vad(fold, test):  # a VAD head: dominance gets its own column
+        return {**oracle_with_noise(fold, test), "dominance": [r["arousal"] for r in test]}
+
+    vad_rows = [{**r, "dominance": r["arousal"]} for r in rows]
+    evaluate_rows(vad_rows, "loso", tmp_path / "vad" / "eval", baselines=["majority"], predictor=vad)
+    assert main(["compare", str(tmp_path / "vad")]) == 0
+    vad_table = capsys.readouterr().out
+    assert "| CCC valence | CCC arousal | CCC dominance |" in vad_table
+    assert "| 1.000 |" in vad_table  # dominance predicted as the gold values
+
     assert main(["compare", str(tmp_path / "plain"), str(tmp_path / "half")]) == 2
     assert "not scored on the same folds and test rows" in capsys.readouterr().err
     assert main(["compare", str(tmp_path / "plain"), str(tmp_path / "nowhere")]) == 2

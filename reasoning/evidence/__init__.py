@@ -38,7 +38,8 @@
 
 How each value is measured is in :mod:`reasoning.evidence.acoustic`; the baseline rule
 (``MIN_SPEAKER_UTTERANCES``) in :func:`add_zscores`, and for a clip measured on its own
-(``emoreason demo``) against a corpus in :func:`zscores_against`; the lexicon and negation in
+(``emoreason demo``, ``explain``) against a corpus in :func:`zscores_against` and
+:func:`measure_alone`; the lexicon and negation in
 :mod:`reasoning.evidence.lexical`.
 
 Caching: the acoustic values are kept when ``version`` and ``measured`` match the row and its
@@ -56,8 +57,8 @@ the audio that is there.
 from reasoning.evidence.acoustic import ACOUSTIC_FEATURES, measure_acoustics
 from reasoning.evidence.lexical import DEFAULT_LEXICON, find_emotion_words, lexical_evidence, load_lexicon
 from reasoning.evidence.measure import (EXTRACTOR_VERSION, MIN_SPEAKER_UTTERANCES, Z_FEATURE_UNITS, Z_FEATURES,
-                                        add_zscores, measure_manifest, zscores_against)
+                                        add_zscores, measure_alone, measure_manifest, zscores_against)
 
 __all__ = ["ACOUSTIC_FEATURES", "DEFAULT_LEXICON", "EXTRACTOR_VERSION", "MIN_SPEAKER_UTTERANCES",
            "Z_FEATURES", "Z_FEATURE_UNITS", "add_zscores", "find_emotion_words", "lexical_evidence",
-           "load_lexicon", "measure_acoustics", "measure_manifest", "zscores_against"]
+           "load_lexicon", "measure_acoustics", "measure_alone", "measure_manifest", "zscores_against"]

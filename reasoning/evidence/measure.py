@@ -181,6 +181,18 @@ def zscores_against(row: dict, reference: list[dict],
     return {} if key is None else stats[key]
 
 
+def measure_alone(row: dict, reference: list[dict]) -> tuple[dict, dict[str, tuple[float, float]]]:
+    """``row``, a clip of an unknown voice (an upload, a file given to ``explain``), measured
+    on its own and z-scored by :func:`zscores_against` against the corpus of ``reference``
+    (e.g. the rows the model was trained on). Returns the row with its evidence, and the
+    baseline's ``{feature: (mean, std)}``."""
+    datasets = Counter(r.get("dataset") for r in reference)
+    dataset = datasets.most_common(1)[0][0] if datasets else None
+    measured, _ = measure_manifest([{**row, "dataset": dataset, "speaker": None, "gender": None}])
+    out = measured[0]
+    return out, {} if out["evidence"].get("error") else zscores_against(out, reference)
+
+
 def measure_manifest(
     rows: list[dict],
     *,

@@ -81,22 +81,21 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--test-speaker {args.test_speaker}: {test.sum()} of {len(rows)} rows; give the held-out "
                      "speaker of the run's fold")
 
-    def ua(pred, where) -> float:
-        return 100 * unweighted_recall(list(y[where]), list(pred[where]), ex.labels)
+    def ua(true, pred) -> float:
+        return 100 * unweighted_recall(list(true), list(pred), ex.labels)
 
     plain = passes(ex, rows)
     print(f"| what | UA % (speaker {args.test_speaker}) |\n|---|---|")
-    print(f"| label scores | {ua(plain['pred'], test):.1f} (training speakers {ua(plain['pred'], ~test):.1f}) |")
+    pred = plain["pred"]
+    print(f"| label scores | {ua(y[test], pred[test]):.1f} (training speakers {ua(y[~test], pred[~test]):.1f}) |")
     for name, x in plain["feats"].items():
         clf = make_pipeline(StandardScaler(), _logistic()).fit(x[~test], y[~test])
-        print(f"| logistic regression on the {name} | {ua(clf.predict(x[test]), test):.1f} |")
+        print(f"| logistic regression on the {name} | {ua(y[test], clf.predict(x[test])):.1f} |")
     swaps = [*ex.model.projectors] + (["cues"] if ex.prompt.evidence != "none" else [])
     test_rows = [r for r, t in zip(rows, test) if t]
     for swap in swaps:
-        pred = passes(ex, test_rows, swap)["pred"]
         what = "the cue line" if swap == "cues" else f"the {swap} tokens"
-        print(f"| label scores, {what} of another clip | "
-              f"{100 * unweighted_recall(list(y[test]), list(pred), ex.labels):.1f} |")
+        print(f"| label scores, {what} of another clip | {ua(y[test], passes(ex, test_rows, swap)['pred']):.1f} |")
     print(f"\n{len(rows)} clips, {time.time() - start:.0f} s")
     return 0
 

@@ -48,9 +48,10 @@ def passes(ex: Explainer, rows: list[dict], swap: str | None = None, batch_size:
         with torch.no_grad():
             for s in range(0, len(rows), batch_size):
                 batch = rows[s:s + batch_size]
-                ctx = [{"cues": ex.collate.cues(r, "emotion")} for r in batch]
+                # the prompts of training (gold transcript and VA, where the recipe puts them there)
+                ctx = [ex.collate.context(r, "emotion") for r in batch]
                 if swap == "cues":
-                    ctx = ctx[-1:] + ctx[:-1]
+                    ctx = [{**c, "cues": other["cues"]} for c, other in zip(ctx, ctx[-1:] + ctx[:-1])]
                 e_in = to_device(ex.collate(batch, "emotion", contexts=ctx), ex.device)
                 emb = m.embed_prompt(e_in)  # runs each projector once
                 out = m._run(emb, e_in["attention_mask"], output_hidden_states=True, logits_to_keep=1)

@@ -71,9 +71,9 @@ def _describe_prompt(prompt) -> str:
 
 def compare_table(runs: Mapping[str, Mapping]) -> str:
     """The Markdown table of :mod:`reasoning.compare`'s docstring."""
-    # valence and arousal always; dominance when a run's model predicts it (heads.dimensions)
-    dims = ["valence", "arousal", *[d for d in ("dominance",) if any(d in _va_dimensions(r["systems"])
-                                                                     for r in runs.values())]]
+    dims = ["valence", "arousal"]
+    if any("dominance" in _va_dimensions(r["systems"]) for r in runs.values()):  # a VAD head
+        dims.append("dominance")
     header = ["run", "system", "UA %", "WA %", "macro-F1 %", "speakers UAR ≥ .5", *[f"CCC {d}" for d in dims],
               "rationale pass %", "stated = predicted %", "prompt"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

@@ -2,7 +2,6 @@
 oracle; left-padded prompts score and generate like single clips."""
 
 import json
-import re
 
 import numpy as np
 import pytest

@@ -42,60 +42,67 @@ def intensify(phrase: str) -> str:
     return f"{adverb} {phrase}"
 
 
-def select_cues(label: str, evidence: dict) -> list[tuple[str, str, bool]]:
-    """The cues a template cites: ``[(cue name, "up"|"down"|"usual", strong)]``."""
-    chosen: list[tuple[str, str, bool]] = []
-    if "unvoiced" in (evidence.get("flags") or []):
-        chosen.append(("unvoiced", "up", False))
-    profile = PROFILES.get(family(label), {})
-    candidates = []
+def notable_cues(evidence: dict) -> list[tuple[str, str, bool, float]]:
+    """Every citable cue whose z-score clears ``Z_NOTABLE``, in the order of :data:`CUES`:
+    ``[(cue name, "up"|"down", strong, |z|)]``, strong from ``TEMPLATE_STRONG``."""
+    out = []
     for cue in CUES:
         z = cue_z(cue, evidence)
-        if not cue.up or not cue.down or z is None or abs(z) < Z_NOTABLE:
-            continue
-        direction = "up" if z > 0 else "down"
-        candidates.append((profile.get(cue.name) != direction, -abs(z), cue.name, direction,
-                           abs(z) >= max(TEMPLATE_STRONG, Z_STRONG)))
+        if cue.up and cue.down and z is not None and abs(z) >= Z_NOTABLE:
+            out.append((cue.name, "up" if z > 0 else "down", abs(z) >= max(TEMPLATE_STRONG, Z_STRONG), abs(z)))
+    return out
+
+
+def usual_cues(evidence: dict) -> list[tuple[str, str, bool]]:
+    """What a clip with no notable cue is cited for: its usual pitch, loudness and pace
+    (those measured), as ``(cue name, "usual", False)``; that is itself evidence."""
+    return [(name, "usual", False) for name in ("pitch", "loudness", "rate")
+            if (z := cue_z(CUES_BY_NAME[name], evidence)) is not None and abs(z) < Z_NOTABLE]
+
+
+def select_cues(label: str, evidence: dict) -> list[tuple[str, str, bool]]:
+    """The cues a template cites: ``[(cue name, "up"|"down"|"usual", strong)]``."""
+    unvoiced = "unvoiced" in (evidence.get("flags") or [])
+    chosen: list[tuple[str, str, bool]] = [("unvoiced", "up", False)] if unvoiced else []
+    profile = PROFILES.get(family(label), {})
+    candidates = [(profile.get(name) != direction, -size, name, direction, strong)
+                  for name, direction, strong, size in notable_cues(evidence)]
     taken: set[str] = set()
     for _, _, name, direction, strong in sorted(candidates):
-        if len(chosen) >= MAX_CUES + ("unvoiced" in (evidence.get("flags") or [])):
+        if len(chosen) >= MAX_CUES + unvoiced:
             break
         group = next((g for g in EXCLUSIVE if name in g), {name})
         if taken & group:
             continue
         taken |= group
         chosen.append((name, direction, strong))
-    if len(chosen) == len([c for c in chosen if c[0] == "unvoiced"]):
-        for name in ("pitch", "loudness", "rate"):
-            z = cue_z(CUES_BY_NAME[name], evidence)
-            if z is not None and abs(z) < Z_NOTABLE:
-                chosen.append((name, "usual", False))
+    if len(chosen) == unvoiced:
+        chosen += usual_cues(evidence)
     return chosen
+
+
+def phrase(name: str, direction: str, strong: bool, pick=lambda options: options[0]) -> str:
+    """How a template names one cue: one of its phrases for ``direction`` (``pick`` chooses,
+    the first by default), intensified when ``strong``."""
+    cue = CUES_BY_NAME[name]
+    text = pick({"up": cue.up, "down": cue.down, "usual": cue.usual}[direction])
+    return intensify(text) if strong else text
 
 
 def describe_cues(evidence: dict | None) -> str:
     """The clip's cues in the template's own words, for a prompt (``prompt.evidence:
     measured``): every citable cue that clears ``Z_NOTABLE`` (not only the ``MAX_CUES`` a
-    template picks), in the order of :data:`CUES`, intensified from ``TEMPLATE_STRONG``; the
-    usual pitch, loudness and pace when none does. E.g. ``Against this speaker: a very broad
-    pitch range, a very quiet voice.`` Missing evidence or baseline says so."""
+    template picks, :func:`notable_cues`), in the first phrase of each; the usual pitch,
+    loudness and pace when none does. E.g. ``Against this speaker: a very broad pitch range,
+    a very quiet voice.`` Missing evidence or baseline says so."""
     ev = evidence if isinstance(evidence, dict) and not evidence.get("error") else None
     if ev is None or not any(z is not None for z in (ev.get("z") or {}).values()):
         return "Cues: not measured."
-    unvoiced = "unvoiced" in (ev.get("flags") or [])
-    phrases = [CUES_BY_NAME["unvoiced"].up[0]] if unvoiced else []
-    for cue in CUES:
-        z = cue_z(cue, ev)
-        if cue.up and cue.down and z is not None and abs(z) >= Z_NOTABLE:
-            phrase = (cue.up if z > 0 else cue.down)[0]
-            phrases.append(intensify(phrase) if abs(z) >= TEMPLATE_STRONG else phrase)
-    if len(phrases) == unvoiced:  # as the template: nothing notable is itself a cue
-        for name in ("pitch", "loudness", "rate"):
-            z = cue_z(CUES_BY_NAME[name], ev)
-            if z is not None and abs(z) < Z_NOTABLE:
-                phrases.append(CUES_BY_NAME[name].usual[0])
+    cues = [("unvoiced", "up", False)] if "unvoiced" in (ev.get("flags") or []) else []
+    notable = [(name, direction, strong) for name, direction, strong, _ in notable_cues(ev)]
+    cues += notable or usual_cues(ev)  # as the template: nothing notable is itself a cue
     whom = "this speaker" if (ev.get("baseline") or {}).get("kind") == "speaker" else "the corpus"
-    return f"Against {whom}: {', '.join(phrases)}."
+    return f"Against {whom}: {', '.join(phrase(*c) for c in cues)}."
 
 
 def supporting_quotes(label: str, evidence: dict) -> list[str]:
@@ -121,12 +128,7 @@ def _join(items: Sequence[str], rng: random.Random) -> str:
 def render(label: str, cues: Sequence[tuple[str, str, bool]], quotes: Sequence[str], seed: str) -> str:
     """Turn chosen cues and quotes into one line ``label: ...``, phrased by ``seed``."""
     rng = random.Random(int(hashlib.sha256(seed.encode()).hexdigest()[:16], 16))
-    phrases = []
-    for name, direction, strong in cues:
-        cue = CUES_BY_NAME[name]
-        options = {"up": cue.up, "down": cue.down, "usual": cue.usual}[direction]
-        phrase = rng.choice(options)
-        phrases.append(intensify(phrase) if strong else phrase)
+    phrases = [phrase(name, direction, strong, rng.choice) for name, direction, strong in cues]
     quoted = [f"'{q}'" for q in quotes]
     q = ""
     if quoted:

@@ -2,6 +2,7 @@
 oracle; left-padded prompts score and generate like single clips."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -350,3 +351,13 @@ def test_explain_measures_bare_clips_for_a_model_with_cues(cued, monkeypatch, ca
         values = {**by_id[g["id"]]["evidence"]["values"], "word_rate": None}
         assert g["evidence"]["values"] == values
         assert describe_cues(g["evidence"]).startswith("Against the corpus: ")
+
+
+def test_explain_without_a_training_corpus_to_measure_against_says_why(cued, monkeypatch):
+    from reasoning import explain, export
+
+    explainer, rows = cued
+    why = "the training manifest m.jsonl has no measured evidence (`emoreason evidence --manifest m.jsonl` measures it)"
+    monkeypatch.setattr(export, "training_evidence", lambda ckpt, recipe: ([], why))
+    with pytest.raises(UserError, match=r"prompts carry measured cues \(prompt.evidence\).*" + re.escape(why)):
+        explain.measure_clips(explainer, rows[:1])

@@ -10,6 +10,10 @@ scores the fold models and the baselines on the same test rows and writes the re
 
 A fold whose run folder already holds its final checkpoint is not trained again, so an
 interrupted benchmark resumes where it stopped.
+
+Under ``accelerate launch`` every process trains every fold, in one process group that
+lives from the first fold to the last (a fold's cleanup keeps it); then the main process
+evaluates alone.
 """
 
 from __future__ import annotations
@@ -17,7 +21,6 @@ from __future__ import annotations
 import argparse
 import copy
 import logging
-import os
 from pathlib import Path
 
 from reasoning.checkpoint import (add_device_argument, list_checkpoints, read_state, recover_checkpoints,
@@ -45,6 +48,15 @@ def _finished(run_dir: Path) -> bool:
     return bool(read_state(found[-1]).get("finished"))
 
 
+def _processes():
+    """The launch's processes (accelerate's state, shared with every fold's Accelerator), set
+    up before the first fold: all of them decide together which folds are left to train."""
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+
+
 def run_benchmark(recipe, only_fold: str | None = None, device: str | None = None) -> dict:
     """Train each fold's model, then evaluate all folds with the baselines. Returns the
     evaluation result (what ``metrics.json`` holds)."""
@@ -58,13 +70,16 @@ def run_benchmark(recipe, only_fold: str | None = None, device: str | None = Non
         raise RecipeError(f"data.labels {recipe.data.labels} differ from protocol {protocol.name}'s labels "
                           f"{label_set}: set data.labels to the protocol's, or leave it empty.")
     root = Path(recipe.train.output_dir)
+    state = _processes()
     folds = list(iter_folds(kept, protocol, recipe.eval.dev_speakers, only_fold))
     runs = [(f.name, f) for f in folds]
     if protocol.separate_folds:  # MELD's one official fold keeps its folder name
         runs = [(SHARED_RUN, folds[0])]
     for i, (name, fold) in enumerate(runs, 1):
         run_dir = root / name
-        recover_checkpoints(run_dir)  # one process trains the folds: this one
+        if state.is_main_process:  # the one process that writes the run folders cleans them
+            recover_checkpoints(run_dir)
+        state.wait_for_everyone()  # and every process then finds the same checkpoints
         if _finished(run_dir):
             log.info("fold %s (%d/%d): already trained in %s", name, i, len(runs), run_dir)
             continue
@@ -79,9 +94,10 @@ def run_benchmark(recipe, only_fold: str | None = None, device: str | None = Non
         trainer.setup()
         trainer.train()
         trainer.cleanup(end_process_group=False)
-    # Under `accelerate launch` (or torchrun) the main process evaluates alone; RANK is set
-    # by the launcher, whether or not a fold was trained in this launch.
-    if int(os.environ.get("RANK", 0)) != 0:
+    # Under `accelerate launch` (or torchrun) the main process evaluates alone: the group ends.
+    state.wait_for_everyone()
+    state.destroy_process_group()
+    if not state.is_main_process:
         return {}
     trained = root / SHARED_RUN if protocol.separate_folds else root
     predictor, hashes = checkpoint_predictor(trained, [f.name for f in folds], device,

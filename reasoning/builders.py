@@ -155,10 +155,15 @@ def build_llm(cfg, lora, device: torch.device | None = None):
         kw["device_map"] = {"": device}
     llm = _from_pretrained(AutoModelForCausalLM, cfg.path, "model.llm", **kw)
     tokenizer = _from_pretrained(AutoTokenizer, cfg.tokenizer or cfg.path, "model.llm.tokenizer")
+    # Non-reentrant checkpointing: peft passes torch's reentrant default on, and under DDP a
+    # reentrant backward marks a LoRA weight ready twice ("Expected to mark a variable ready
+    # only once", with find_unused_parameters).
+    checkpointing = {"use_reentrant": False}
     if cfg.quantization == "4bit":
-        llm = prepare_model_for_kbit_training(llm, use_gradient_checkpointing=cfg.gradient_checkpointing)
+        llm = prepare_model_for_kbit_training(llm, use_gradient_checkpointing=cfg.gradient_checkpointing,
+                                              gradient_checkpointing_kwargs=checkpointing)
     elif cfg.gradient_checkpointing:
-        llm.gradient_checkpointing_enable()
+        llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpointing)
         llm.enable_input_require_grads()
     if lora is None:
         return llm, tokenizer

@@ -8,8 +8,11 @@ Layout of ``<output_dir>/checkpoint-<step>/``::
                              trainable encoder weights and their buffers
     recipe.yaml              the resolved recipe (base models are named by path in it)
     trainer_state.json       step, epoch, position in the epoch's task plan, loss history
-    optimizer.pt, scheduler.pt, rng.safetensors   what --resume needs (tensors and plain
-                             containers only: loaded with ``weights_only=True``, no pickled code)
+    optimizer.pt, scheduler.pt, rng.safetensors, scaler.pt   what --resume needs (tensors and
+                             plain containers only: loaded with ``weights_only=True``, no pickled
+                             code). rng.safetensors holds each process's random state (torch's CPU
+                             generator and, when CUDA is in use, its GPU's: ``torch.<rank>``,
+                             ``cuda.<rank>``); scaler.pt the fp16 GradScaler's, when there is one
     complete.json            written last: the path and size of every other file
 
 A checkpoint is written into a temporary folder and renamed into place
@@ -54,6 +57,7 @@ STATE_FILE = "trainer_state.json"
 OPTIMIZER_FILE = "optimizer.pt"
 SCHEDULER_FILE = "scheduler.pt"
 RNG_FILE = "rng.safetensors"
+SCALER_FILE = "scaler.pt"  # only when training in fp16 with a GradScaler
 COMPLETE_FILE = "complete.json"
 EXPORT_FILE = "export.json"  # only in an export folder (reasoning.export)
 # What a checkpoint written before COMPLETE_FILE existed must hold to be used.
@@ -95,13 +99,45 @@ def without_fsdp_units(model):
             parent._modules[name] = child
 
 
+def rng_state() -> dict[str, torch.Tensor]:
+    """This process's random state: torch's CPU generator and, once CUDA is in use, the
+    current GPU's (dropout on a GPU draws from it). Augmentation and the task schedule are
+    seeded per example and per epoch, so they hold no state."""
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def restore_rng_state(saved: dict[str, torch.Tensor], rank: int = 0, world: int = 1, ckpt: Path | None = None) -> None:
+    """Give process ``rank`` of ``world`` the random state it had when ``saved`` (a checkpoint's
+    ``rng.safetensors``) was written. A checkpoint saved by another number of processes (or
+    before each process's state was kept: one ``torch`` state) cannot give every process its
+    own: then the draws after the resume differ from the uninterrupted run's, with a warning."""
+    if "torch" in saved:  # one state, the main process's (older checkpoints)
+        saved_world, mine = 1, {"torch": saved["torch"]}
+    else:
+        saved_world = len({k.rsplit(".", 1)[1] for k in saved})
+        mine = {k.rsplit(".", 1)[0]: v for k, v in saved.items() if k.rsplit(".", 1)[1] == str(rank)}
+    if saved_world != world:
+        log.warning("%s holds the random state of %d process(es), and the run resumes on %d: random draws "
+                    "(dropout) after the resume are not those of an uninterrupted run", ckpt, saved_world, world)
+    if "torch" in mine:
+        torch.set_rng_state(mine["torch"])
+    if "cuda" in mine and torch.cuda.is_available():
+        torch.cuda.set_rng_state(mine["cuda"])
+
+
 def save_checkpoint(output_dir: str | Path, step: int, model, recipe: Recipe, state: dict,
-                    optimizer=None, scheduler=None, keep_last: int = 0, state_dict: dict | None = None) -> Path:
+                    optimizer=None, scheduler=None, keep_last: int = 0, state_dict: dict | None = None,
+                    rng_states: list[dict] | None = None, scaler=None) -> Path:
     """Write ``checkpoint-<step>`` atomically and prune older ones beyond ``keep_last``.
 
     ``state_dict``: the model's full state dict when the weights are sharded over processes
     (FSDP, DeepSpeed ZeRO-3), gathered by the caller; ``model.state_dict()`` there would hold
-    only this process's shards."""
+    only this process's shards. ``rng_states``: every process's :func:`rng_state`, in rank
+    order, gathered by the caller (default: this process's only). ``scaler``: the fp16
+    GradScaler, when the run has one."""
     output_dir = Path(output_dir)
     recover_checkpoints(output_dir)
     final = output_dir / f"checkpoint-{step:06d}"
@@ -118,7 +154,11 @@ def save_checkpoint(output_dir: str | Path, step: int, model, recipe: Recipe, st
         if optimizer is not None:
             torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
             torch.save(scheduler.state_dict(), tmp / SCHEDULER_FILE)
-            save_file({"torch": torch.get_rng_state()}, tmp / RNG_FILE)
+            rng_states = [rng_state()] if rng_states is None else rng_states
+            save_file({f"{kind}.{rank}": t.contiguous() for rank, states in enumerate(rng_states)
+                       for kind, t in states.items()}, tmp / RNG_FILE)
+            if scaler is not None:
+                torch.save(scaler.state_dict(), tmp / SCALER_FILE)
         write_complete(tmp)
     log.info("saved %s", final)
     if keep_last > 0:
@@ -319,10 +359,17 @@ def load_for_inference(path: str | Path, device: str | torch.device = "cpu"):
     return model, tokenizer, recipe, ckpt
 
 
-def load_training_state(ckpt: Path, optimizer, scheduler) -> dict:
-    """Restore optimizer, scheduler and RNG; return the trainer state."""
+def load_training_state(ckpt: Path, optimizer, scheduler, rank: int = 0, world: int = 1, scaler=None) -> dict:
+    """Restore optimizer, scheduler, the GradScaler (``scaler``, when the run has one) and the
+    random state of process ``rank`` of ``world``; return the trainer state."""
     load_tensors = partial(torch.load, weights_only=True)
     optimizer.load_state_dict(_read(ckpt, OPTIMIZER_FILE, load_tensors))
     scheduler.load_state_dict(_read(ckpt, SCHEDULER_FILE, load_tensors))
-    torch.set_rng_state(_read(ckpt, RNG_FILE, load_file)["torch"])
+    restore_rng_state(_read(ckpt, RNG_FILE, load_file), rank, world, ckpt)
+    if scaler is not None:
+        if (ckpt / SCALER_FILE).is_file():
+            scaler.load_state_dict(_read(ckpt, SCALER_FILE, load_tensors))
+        else:
+            log.warning("%s holds no GradScaler state (it was not trained in fp16): the loss scale starts "
+                        "anew", ckpt)
     return read_state(ckpt)

@@ -16,13 +16,13 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-from accelerate.utils import DistributedType
+from accelerate.utils import DistributedType, gather_object
 from tqdm.auto import tqdm
 
 from reasoning.audio import duration
 from reasoning.builders import build_model, materialize
 from reasoning.checkpoint import (checkpoint_dirs, load_trainable, load_training_state, recover_checkpoints,
-                                 resolve_checkpoint, save_checkpoint)
+                                 resolve_checkpoint, rng_state, save_checkpoint)
 from reasoning.config import RECIPE_NAME, Recipe, describe_fields, load_recipe, save_recipe
 from reasoning.augment import build_augmenter
 from reasoning.data import (TRANSCRIPT_TASKS, VA_PROMPT_TASKS, AudioCache, Collator, PromptBuilder, TaskSchedule,
@@ -41,14 +41,19 @@ def rows_in_splits(rows: list[dict], splits: list[str]) -> list[dict]:
     return [r for r in rows if not splits or r.get("split") in splits]
 
 
-def check_launch(recipe: Recipe, kind: DistributedType, resume) -> None:
+def check_launch(recipe: Recipe, kind: DistributedType, resume, deepspeed_config: dict | None = None) -> None:
     """Refuse, before any model is built, what this loop cannot do under the launcher's
-    distributed ``kind``."""
+    distributed ``kind`` (and, under DeepSpeed, its ``deepspeed_config``)."""
     t = recipe.train
     sharded = kind in (DistributedType.FSDP, DistributedType.DEEPSPEED)
     if kind == DistributedType.DEEPSPEED and t.grad_accum != 1:
         raise RecipeError(f"train.grad_accum is {t.grad_accum}, but DeepSpeed accumulates by itself (its "
                           "gradient_accumulation_steps) and steps at every backward: run with train.grad_accum=1.")
+    clipping = (deepspeed_config or {}).get("gradient_clipping", "auto")
+    if kind == DistributedType.DEEPSPEED and clipping != "auto" and float(clipping) != t.max_grad_norm:
+        raise RecipeError(f"DeepSpeed clips gradients at {clipping} (the launch config's gradient_clipping), "
+                          f"not at train.max_grad_norm ({t.max_grad_norm}), which does nothing under DeepSpeed: "
+                          f"run with train.max_grad_norm={clipping}, or change the launch config.")
     if sharded and resume:
         raise RecipeError(f"resuming under {kind.value} is not supported: a checkpoint holds one process's "
                           "optimizer shard only. Resume with DDP (recipes/accelerate/ddp.yaml), or start anew.")
@@ -87,7 +92,9 @@ class TrainRecipe:
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
         self.rank = self.accelerator.process_index
         self.world = self.accelerator.num_processes
-        check_launch(self.recipe, self.accelerator.distributed_type, self.resume)
+        plugin = self.accelerator.state.deepspeed_plugin  # None unless DeepSpeed launched this
+        check_launch(self.recipe, self.accelerator.distributed_type, self.resume,
+                     plugin.deepspeed_config if plugin is not None else None)
         torch.manual_seed(t.seed)
 
     def _setup_output(self) -> None:
@@ -128,6 +135,9 @@ class TrainRecipe:
         for n, p in self.model.named_parameters():
             if p.requires_grad:
                 self.part_names[self.model.part_of(n)].append(p)
+        # The weights are the same on every process (train.seed); the dropout masks each draws
+        # for its own clips are its own (as accelerate's set_seed(device_specific=True)).
+        torch.manual_seed(self.recipe.train.seed + self.rank)
 
     def _setup_data(self) -> None:
         d, r = self.recipe.data, self.recipe
@@ -232,7 +242,8 @@ class TrainRecipe:
             return
         ckpt = resolve_checkpoint(self.output_dir if self.resume is True else self.resume)
         load_trainable(self.unwrapped, ckpt)
-        self.state = load_training_state(ckpt, self.optimizer, self.scheduler)
+        self.state = load_training_state(ckpt, self.optimizer, self.scheduler, self.rank, self.world,
+                                         self.accelerator.scaler)
         history = self.output_dir / HISTORY_FILE
         if history.is_file():  # keep the losses logged up to the checkpoint, drop the rest
             kept = [json.loads(x) for x in history.read_text().splitlines() if x.strip()]
@@ -336,6 +347,7 @@ class TrainRecipe:
     def save_checkpoint(self) -> Path | None:
         acc = self.accelerator
         acc.wait_for_everyone()
+        rng = gather_object([rng_state()])  # each process's own random state, in rank order
         # FSDP and DeepSpeed shard the weights: every process takes part in gathering them.
         full = acc.get_state_dict(self.model) \
             if acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED) else None
@@ -344,7 +356,7 @@ class TrainRecipe:
             path = save_checkpoint(self.output_dir, self.state["step"], self.unwrapped, self.recipe,
                                    dict(self.state, labels=self.recipe.data.labels),
                                    self.optimizer, self.scheduler, self.recipe.train.keep_last,
-                                   state_dict=full)
+                                   state_dict=full, rng_states=rng, scaler=acc.scaler)
         acc.wait_for_everyone()
         return path
 

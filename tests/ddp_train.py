@@ -1,5 +1,6 @@
 """Run by test_train.py under `accelerate launch --multi_gpu --num_processes 2` on CPU:
-trains the recipe and saves each rank's trainable parameters for comparison."""
+trains the recipe (``resume`` as a third argument: continues its output_dir's latest
+checkpoint) and saves each rank's trainable parameters for comparison."""
 
 import json
 import sys
@@ -17,7 +18,7 @@ def trainable(model):
 
 def main() -> None:
     recipe_path, out = sys.argv[1], Path(sys.argv[2])
-    trainer = TrainRecipe(load_recipe(recipe_path))
+    trainer = TrainRecipe(load_recipe(recipe_path), resume=sys.argv[3:] == ["resume"])
     trainer.setup()
     rank = trainer.rank
     save_file(trainable(trainer.unwrapped), out / f"init{rank}.safetensors")
@@ -25,8 +26,13 @@ def main() -> None:
     trainer.train()
     save_file(trainable(trainer.unwrapped), out / f"rank{rank}.safetensors")
     if rank == 0:
+        llm = trainer.unwrapped.llm
         shares = [len(trainer.schedule.shard(first, r, trainer.world)) for r in range(trainer.world)]
-        (out / "world.json").write_text(json.dumps({"world_size": trainer.world, "rows_per_rank": shares}))
+        (out / "world.json").write_text(json.dumps({
+            "world_size": trainer.world, "rows_per_rank": shares,
+            "wrapper": type(trainer.model).__name__,
+            "weights_4bit": sum(type(p).__name__ == "Params4bit" for p in llm.parameters()),
+            "checkpointing": llm.get_base_model().is_activation_checkpointing}))
     trainer.cleanup()
 
 

@@ -46,16 +46,22 @@ def test_benchmark_trains_every_fold_and_reports_beside_the_baselines(tmp_path, 
 @pytest.mark.slow
 def test_benchmark_on_two_processes_trains_every_fold(tmp_path):
     """accelerate's end_training destroys the process group: a fold's cleanup must not,
-    or the second fold's first collective fails."""
+    or the second fold's first collective fails. Two folds (two speakers)."""
+    rows = [r for r in read_manifest(SAMPLES) if r["speaker"] in ("spk1", "spk2")]
+    manifest = tmp_path / "two.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
     run = tmp_path / "bench"
-    tree = tiny_recipe_tree(run, SAMPLES, train={"max_steps": 1})
+    tree = tiny_recipe_tree(run, manifest, train={"max_steps": 1})
     tree["data"].update(train_split=[], eval_split=[], labels=[], tasks={"emotion": 1.0}, batch_size=2)
     tree["eval"] = {"protocol": "loso", "baselines": ["majority"]}
     recipe = tmp_path / "bench.yaml"
     recipe.write_text(yaml.safe_dump(tree))
-    for _ in range(2):  # the second launch finds every fold trained and only evaluates
-        err = launch_two_processes(["-m", "reasoning.cli", "benchmark", str(recipe)], timeout=900)
-        assert len(list(run.glob("speaker-*/checkpoint-*"))) == 4
+    for launch in range(2):  # the second launch finds every fold trained and only evaluates
+        if launch:  # what a save killed in the first launch would leave: the main process alone cleans it
+            (run / "speaker-spk2" / ".checkpoint-000001.tmp-killed").mkdir()
+        err = launch_two_processes(["-m", "reasoning.cli", "benchmark", str(recipe)], timeout=600)
+        assert len(list(run.glob("speaker-*/checkpoint-*"))) == 2
         metrics = json.loads((run / "eval" / "metrics.json").read_text())
-        assert len(metrics["folds"]) == 4
+        assert len(metrics["folds"]) == 2
         assert err.count("fold speaker-spk1: ") == 1  # one process evaluated
+    assert not list(run.glob("speaker-*/.checkpoint-*"))

@@ -17,7 +17,7 @@ from reasoning.checkpoint import ADAPTER_DIR, MODULES_FILE, load_for_inference, 
 from reasoning.config import load_recipe
 from reasoning.distributed import layer_classes
 
-from conftest import ROOT, tiny_recipe_tree
+from conftest import ROOT, TINY, tiny_recipe_tree
 
 CONFIGS = sorted((ROOT / "recipes" / "accelerate").glob("*.yaml"))
 EXPECTED = {"single_gpu": "NO", "ddp": "MULTI_GPU", "fsdp": "FSDP",
@@ -70,6 +70,22 @@ def test_every_launch_config_parses_with_accelerates_own_loaders(path):
         assert plugin.deepspeed_config["gradient_accumulation_steps"] == 1
 
 
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_the_command_at_the_top_of_every_launch_config_passes_the_launch_checks(path):
+    """The first line is what a user copies: its recipe and overrides, under that config's
+    distributed type, must not be refused (small_lora.yaml's grad_accum 2 under DeepSpeed was)."""
+    from accelerate.utils import DistributedType
+
+    from reasoning.train import check_launch
+
+    words = path.read_text().splitlines()[0].split()
+    recipe_path, *overrides = words[words.index("--config") + 1:]
+    recipe = load_recipe(ROOT / recipe_path, overrides)
+    config = yaml.safe_load(path.read_text())
+    check_launch(recipe, DistributedType[EXPECTED[path.stem]], resume=False,
+                 deepspeed_config=config.get("deepspeed_config"))
+
+
 def test_fsdp_wraps_every_transformer_layer_present_and_nothing_else(tmp_path):
     large = memory.build_skeleton(load_recipe(ROOT / "recipes/large_qlora.yaml")).model
     assert layer_classes(large) == ["Qwen2DecoderLayer", "WavLMEncoderLayerStableLayerNorm", "WhisperEncoderLayer"]
@@ -78,6 +94,26 @@ def test_fsdp_wraps_every_transformer_layer_present_and_nothing_else(tmp_path):
     # Whisper declares WhisperDecoderLayer too, but the model holds no decoder: accelerate
     # rejects a class it cannot find
     assert layer_classes(tiny) == ["Qwen2DecoderLayer", "WavLMEncoderLayer", "WhisperEncoderLayer"]
+
+
+@pytest.mark.parametrize("quantization", ["none", "4bit"])
+def test_gradient_checkpointing_is_non_reentrant_so_ddp_marks_each_weight_ready_once(tmp_path, quantization):
+    """peft's prepare_model_for_kbit_training passes torch's reentrant default on unless told;
+    under DDP the reentrant backward fails (test_train.py runs QLoRA + checkpointing + DDP)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from reasoning.builders import build_llm
+    from reasoning.config import LLMConfig, LoraConfig
+
+    tokenizer = AutoTokenizer.from_pretrained(TINY / "tokenizer")
+    cfg = {**json.loads((TINY / "llm.json").read_text()), "vocab_size": len(tokenizer)}
+    AutoModelForCausalLM.from_config(AutoConfig.for_model(**cfg)).save_pretrained(tmp_path / "llm")
+    llm, _ = build_llm(LLMConfig(path=str(tmp_path / "llm"), tokenizer=str(TINY / "tokenizer"),
+                                 quantization=quantization, gradient_checkpointing=True),
+                       LoraConfig(r=4, target_modules=["q_proj"]), device=torch.device("cpu"))
+    checkpointed = [m for m in llm.modules() if getattr(m, "gradient_checkpointing", False)]
+    assert len(checkpointed) >= 2  # the tiny LLM's two decoder layers
+    assert all(m._gradient_checkpointing_func.keywords == {"use_reentrant": False} for m in checkpointed)
 
 
 class _Wrapper(torch.nn.Module):

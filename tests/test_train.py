@@ -62,7 +62,9 @@ def test_each_phase_trains_only_its_parts(tmp_path, small_manifest):
 
 
 def test_resumed_run_reproduces_the_uninterrupted_losses(tmp_path, small_manifest):
-    full = make_trainer(tmp_path / "a", small_manifest,
+    """With LoRA dropout on, as in the GPU recipes: the draws after the resume must be the
+    uninterrupted run's (the checkpoint's random state)."""
+    full = make_trainer(tmp_path / "a", small_manifest, lora={"dropout": 0.3},
                         train={"epochs": 2, "save_every": 3, "keep_last": 0, "lr": 1e-2})
     reference = full.train()
     assert len(reference) == 16
@@ -73,7 +75,9 @@ def test_resumed_run_reproduces_the_uninterrupted_losses(tmp_path, small_manifes
     resumed_dir = tmp_path / "b" / "run"
     resumed_dir.mkdir(parents=True)
     shutil.copytree(ckpt, resumed_dir / ckpt.name)
-    tree = tiny_recipe_tree(resumed_dir, small_manifest, train={"epochs": 2, "save_every": 3, "lr": 1e-2})
+    tree = tiny_recipe_tree(resumed_dir, small_manifest, lora={"dropout": 0.3},
+                            train={"epochs": 2, "save_every": 3, "lr": 1e-2})
+    torch.manual_seed(1234)  # whatever state the process is in, the checkpoint's is restored
     resumed = TrainRecipe(load_recipe(tree=tree), resume=True)
     resumed.setup()
     assert resumed.state["step"] == 3
@@ -132,6 +136,30 @@ def test_a_crash_while_saving_keeps_the_previous_checkpoint(trained, monkeypatch
     assert loaded == before[-1]
 
 
+@pytest.mark.parametrize("emotion_loss", ["lm", "soft", "both"])
+def test_the_losses_a_batch_reports_depend_on_its_task_only(trained, emotion_loss):
+    """The loop reduces each reported loss over the processes, one collective per key: a
+    process whose clips have no known gender, no votes or no VA must report the same keys
+    as one whose clips have them all, or the processes hang."""
+    from reasoning.data import to_device
+
+    trainer, rows = trained
+    model = trainer.unwrapped
+    known = [dict(r, gender="f", emotion_votes={r["emotion"]: 2, "neutral": 1}, valence=0.1, arousal=0.2)
+             for r in rows[:2]]
+    unknown = [dict(r, gender=None, emotion_votes=None, valence=None, arousal=None) for r in rows[:2]]
+    saved = model.emotion_loss, model.va_in_emotion
+    model.emotion_loss, model.va_in_emotion = emotion_loss, True
+    try:
+        with torch.no_grad():
+            for task in ("emotion", "va"):
+                keys = [list(model(to_device(trainer.collate(batch, task), trainer.accelerator.device)))
+                        for batch in (known, unknown)]
+                assert keys[0] == keys[1] and "gender" in keys[0], task
+    finally:
+        model.emotion_loss, model.va_in_emotion = saved
+
+
 def train_on_two_processes(tmp_path, tree, timeout=600):
     """Train ``tree`` under `accelerate launch` on two CPU processes (tests/ddp_train.py);
     returns each rank's final and rank 0's initial trainable parameters."""
@@ -154,7 +182,24 @@ def test_two_cpu_processes_end_with_identical_parameters(tmp_path, small_manifes
     tree = tiny_recipe_tree(tmp_path / "run", small_manifest, train={"max_steps": 4, "lr": 1e-2})
     train_on_two_processes(tmp_path, tree)
     meta = json.loads((tmp_path / "world.json").read_text())
-    assert meta == {"world_size": 2, "rows_per_rank": [4, 4]}  # data.batch_size per process
+    assert (meta["world_size"], meta["rows_per_rank"]) == (2, [4, 4])  # data.batch_size per process
+    assert meta["wrapper"] == "DistributedDataParallel"
+
+
+@pytest.mark.slow
+def test_qlora_with_checkpointing_trains_under_ddp_on_two_processes(tmp_path, small_manifest):
+    """recipes/large_qlora.yaml's setting (4-bit LLM, gradient checkpointing, LoRA dropout,
+    emotion_loss both) under DDP: reentrant checkpointing failed the first backward with
+    'Expected to mark a variable ready only once'. bitsandbytes runs NF4 on the CPU."""
+    tree = tiny_recipe_tree(tmp_path / "run", small_manifest, train={"max_steps": 4, "lr": 1e-2},
+                            lora={"dropout": 0.05}, heads={"emotion_loss": "both"})
+    tree["model"]["llm"].update(quantization="4bit", gradient_checkpointing=True)
+    train_on_two_processes(tmp_path, tree, timeout=300)
+    meta = json.loads((tmp_path / "world.json").read_text())
+    assert meta["wrapper"] == "DistributedDataParallel" and meta["world_size"] == 2
+    assert meta["weights_4bit"] == 2 * 7 and meta["checkpointing"]  # two layers, seven projections
+    history = [json.loads(x) for x in (tmp_path / "run" / "losses.jsonl").read_text().splitlines()]
+    assert {h["task"] for h in history} == {"asr", "emotion", "va", "rationale"}
 
 
 @pytest.mark.slow
@@ -174,6 +219,38 @@ def test_two_cpu_processes_agree_when_metadata_is_known_for_some_clips_only(tmp_
                             data={"tasks": {"emotion": 1.0, "va": 1.0}, "batch_size": 4},
                             heads={"emotion_loss": "soft", "va_in_emotion": True})
     train_on_two_processes(tmp_path, tree, timeout=240)
+
+
+@pytest.mark.slow
+def test_resume_on_two_processes_reproduces_the_uninterrupted_losses(tmp_path, small_manifest):
+    """Each process resumes with its own random state (LoRA dropout draws), not the main
+    process's on both."""
+    import yaml
+
+    def launch(run_dir, resume=False):
+        tree = tiny_recipe_tree(run_dir, small_manifest, lora={"dropout": 0.3},
+                                train={"epochs": 2, "max_steps": 6, "save_every": 3, "lr": 1e-2})
+        recipe_path = run_dir.parent / "recipe.yaml"
+        recipe_path.write_text(yaml.safe_dump(tree))
+        launch_two_processes([str(ROOT / "tests" / "ddp_train.py"), str(recipe_path), str(run_dir.parent),
+                              *(["resume"] if resume else [])], timeout=300)
+        return [json.loads(x) for x in (run_dir / "losses.jsonl").read_text().splitlines()]
+
+    (tmp_path / "a").mkdir()
+    reference = launch(tmp_path / "a" / "run")
+    assert [h["step"] for h in reference] == list(range(1, 7))
+    ckpt = tmp_path / "a" / "run" / "checkpoint-000003"
+    rng = load_file(ckpt / ckpt_mod.RNG_FILE)
+    assert set(rng) == {"torch.0", "torch.1"}
+    assert not torch.equal(rng["torch.0"], rng["torch.1"])  # the processes' states differ by then
+    resumed_dir = tmp_path / "b" / "run"
+    resumed_dir.mkdir(parents=True)
+    shutil.copytree(ckpt, resumed_dir / ckpt.name)
+    tail = launch(resumed_dir, resume=True)
+    assert [h["step"] for h in tail] == [4, 5, 6]
+    for want, got in zip(reference[3:], tail):
+        assert want["task"] == got["task"]
+        assert got["loss"] == pytest.approx(want["loss"], rel=1e-5, abs=1e-6)
 
 
 def test_projector_lr_sets_the_rate_of_the_parts_trained_from_scratch(tmp_path, small_manifest):
@@ -212,6 +289,7 @@ def test_resume_takes_no_value_so_an_override_after_it_stays_an_override():
     ("DEEPSPEED", {}, True, "resum"),
     ("FSDP", {}, True, "resum"),
     ("FSDP", {"projector_lr": 1e-3}, False, "projector_lr"),
+    ("DEEPSPEED", {"max_grad_norm": 0.5}, False, r"gradient_clipping\), not at train.max_grad_norm \(0.5\)"),
 ])
 def test_launch_traps_are_refused_before_anything_is_built(tmp_path, kind, overrides, resume, message):
     from accelerate.utils import DistributedType
@@ -220,9 +298,41 @@ def test_launch_traps_are_refused_before_anything_is_built(tmp_path, kind, overr
     from reasoning.train import check_launch
 
     recipe = load_recipe(tree=tiny_recipe_tree(tmp_path, train=overrides))
+    deepspeed = {"gradient_clipping": 1.0, "gradient_accumulation_steps": 1}  # recipes/accelerate/deepspeed_*
     with pytest.raises(RecipeError, match=message):
-        check_launch(recipe, DistributedType[kind], resume)
+        check_launch(recipe, DistributedType[kind], resume, deepspeed)
     check_launch(recipe, DistributedType.MULTI_CPU, resume)  # DDP takes all of them
+
+
+@pytest.mark.parametrize("kind, resume, overrides, message", [
+    ("FSDP", True, [], "resuming under FSDP is not supported"),
+    ("DEEPSPEED", True, ["train.grad_accum=1"], "resuming under DEEPSPEED is not supported"),
+    ("DEEPSPEED", False, [], "train.grad_accum is 2, but DeepSpeed accumulates by itself"),
+])
+def test_a_gpu_recipe_is_refused_under_a_sharded_launch_before_anything_is_built(tmp_path, monkeypatch, kind,
+                                                                                 resume, overrides, message):
+    """The shipped recipe as the launcher would start it: the refusal comes from setup()
+    before a model is built or a file written, not after a step."""
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedType
+
+    from reasoning import train
+    from reasoning.errors import RecipeError
+
+    def never(*args, **kwargs):
+        raise AssertionError("set-up went past the launch checks")
+
+    monkeypatch.setattr(Accelerator, "distributed_type", property(lambda self: DistributedType[kind]))
+    monkeypatch.setattr(train, "build_model", never)
+    monkeypatch.setattr(train, "materialize", never)
+    run = tmp_path / "run"
+    # bf16 on a CPU would fix this process's accelerator state for the other tests
+    recipe = load_recipe(ROOT / "recipes" / "small_lora.yaml",
+                         [f"train.output_dir={run}", "train.mixed_precision='no'", *overrides])
+    trainer = TrainRecipe(recipe, resume=resume)
+    with pytest.raises(RecipeError, match=message):
+        trainer.setup()
+    assert not run.exists()
 
 
 def _long_clip_manifest(tmp_path, small_manifest, seconds=40.0):

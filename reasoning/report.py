@@ -231,6 +231,32 @@ def _figure(width: float, height: float):
     return fig
 
 
+def plot_reward_curves(history: Sequence[Mapping], path: str | Path, title: str = "GRPO") -> Path:
+    """The GRPO log (:mod:`reasoning.grpo`, one record per step) as curves: the mean of each
+    reward with its spread (± std over the step's completions) and the weighted total, above
+    the KL to the starting policy and the mean completion length."""
+    steps = [h["step"] for h in history]
+    names = sorted({k.split("/")[1] for h in history for k in h if k.startswith("rewards/") and k.endswith("/mean")})
+    fig = _figure(7.0, 6.0)
+    top, mid, low = fig.subplots(3, 1, sharex=True, height_ratios=[2, 1, 1])
+    for name in names:
+        mean = np.array([h[f"rewards/{name}/mean"] for h in history])
+        std = np.array([h[f"rewards/{name}/std"] for h in history])
+        (line,) = top.plot(steps, mean, label=name)
+        top.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.15)
+    top.plot(steps, [h["reward"] for h in history], color="black", linewidth=2, label="weighted total")
+    top.set_ylabel("reward (mean ± std)")
+    top.legend(fontsize=7, ncol=3)
+    top.set_title(title, fontsize=10)
+    mid.plot(steps, [h["kl"] for h in history], color="tab:red")
+    mid.set_ylabel("KL to start")
+    low.plot(steps, [h["completions/mean_length"] for h in history], color="tab:gray")
+    low.set_ylabel("tokens")
+    low.set_xlabel("step")
+    fig.savefig(path, bbox_inches="tight")
+    return Path(path)
+
+
 def plot_confusion(confusion: Sequence[Sequence[int]], labels: Sequence[str],
                    path: str | Path, title: str = "") -> Path:
     """Row-normalised confusion matrix (rows: true class, columns: predicted). A class with

@@ -102,3 +102,45 @@ def test_rows_without_evidence_are_refused_when_grounding_is_weighted():
                                           r"\(e\.g\. b\): run `emoreason evidence --manifest m\.jsonl`"):
         check_rows(rows, {"label": 1.0, "grounding": 0.5}, "m.jsonl")
     check_rows(rows, {"label": 1.0, "grounding": 0.0}, "m.jsonl")  # not weighted: nothing to refuse
+
+
+@pytest.mark.slow
+def test_grpo_on_the_tiny_models_raises_the_rewards_and_changes_only_the_adapter(tmp_path):
+    from conftest import SAMPLES, tiny_recipe_tree
+    from reasoning.checkpoint import load_for_inference
+    from reasoning.config import load_recipe
+    from reasoning.grpo import HISTORY_FILE, PLOT_FILE, GrpoRecipe, adapter_parameters
+    from reasoning.train import TrainRecipe
+
+    rows = [json.loads(x) for x in SAMPLES.read_text().splitlines()][:8]
+    for r in rows:
+        r["audio"] = str(SAMPLES.parent / r["audio"])
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    # Supervised first, long enough that some completions state a label: the rewards then
+    # differ within a group and there is something to learn.
+    sup = TrainRecipe(load_recipe(tree=tiny_recipe_tree(
+        tmp_path / "sup", manifest, train={"max_steps": 100, "epochs": 100, "lr": 3e-3},
+        data={"tasks": {"rationale": 1.0}, "batch_size": 4})))
+    sup.setup()
+    sup.train()
+    tree = tiny_recipe_tree(tmp_path / "sup", manifest, grpo={
+        "output_dir": str(tmp_path / "grpo"), "rewards": {"label": 1.0, "format": 1.0}, "max_steps": 20,
+        "clips_per_step": 4, "num_generations": 4, "max_completion_tokens": 16, "lr": 1e-3})
+    grpo = GrpoRecipe(load_recipe(tree=tree))
+    grpo.setup()
+    adapter = set(adapter_parameters(grpo.model))
+    before = {n: p.detach().clone() for n, p in grpo.model.named_parameters()}
+    history = grpo.train()
+
+    first, last = [sum(h["reward"] for h in part) / 4 for part in (history[:4], history[-4:])]
+    assert last > first + 0.2, [h["reward"] for h in history]
+    assert all(0 <= h["rewards/label/mean"] <= 1 and h["kl"] >= 0 for h in history)
+    changed = {n for n, p in grpo.model.named_parameters() if not torch.equal(p, before[n])}
+    assert {f"llm.{n}" for n in adapter} == changed  # every adapter tensor moved, nothing else
+    logged = [json.loads(x) for x in (tmp_path / "grpo" / HISTORY_FILE).read_text().splitlines()]
+    assert [h["step"] for h in logged] == list(range(1, 21)) and logged[-1]["reward"] == history[-1]["reward"]
+    assert (tmp_path / "grpo" / PLOT_FILE).stat().st_size > 0
+    reloaded, *_ = load_for_inference(tmp_path / "grpo")  # a checkpoint like any other
+    for n, p in reloaded.named_parameters():
+        torch.testing.assert_close(p, dict(grpo.model.named_parameters())[n], rtol=0, atol=0)

@@ -307,6 +307,7 @@ class GrpoConfig:
     max_completion_tokens: int = _f(48, "Length limit of a completion (TRL's max_completion_length); one cut there earns no `format` reward.")
     iterations: int = _f(1, "Optimizer steps on each sampled batch (TRL's num_iterations); above 1 the importance ratio to the sampling policy departs from 1 and the clipping acts.")
     seed: int = _f(0, "Seed of the clip order and of the sampling.")
+    benchmark: bool = _f(False, "`emoreason benchmark`: refine each fold's supervised model (train.output_dir/<fold>, trained first when not there) with GRPO into grpo.output_dir/<fold>, and evaluate those, into grpo.output_dir/eval.")
 
     def __post_init__(self) -> None:
         check_weights(self.rewards)

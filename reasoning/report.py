@@ -125,9 +125,10 @@ def _va_dimensions(systems: Mapping) -> list[str]:
 
 
 def _system_rows(systems: Mapping, scores: Mapping[str, Mapping], folded: bool,
-                 dims: Sequence[str]) -> list[str]:
+                 dims: Sequence[str], rationales: bool = False) -> list[str]:
     """One table line per system: classification columns from ``summary`` (mean ± std, when
-    ``folded``) or from ``scores[name]``, speaker shares and CCC always from ``scores[name]``."""
+    ``folded``) or from ``scores[name]``, speaker shares, CCC and (with ``rationales``) the
+    verifier's pass rate and clip-specific grounding always from ``scores[name]``."""
     cols = [("ua", _pct), ("wa", _pct), ("macro_f1", _pct), ("k_best.top1", _pct),
             ("k_best.top2", _pct), ("k_best.top3", _pct)]
     lines = []
@@ -149,6 +150,9 @@ def _system_rows(systems: Mapping, scores: Mapping[str, Mapping], folded: bool,
         for dim in dims:
             value = _get(metrics, f"va.{source}.{dim}.ccc") if source else None
             cells.append(_dec(value) + (f" ({source})" if value is not None else ""))
+        if rationales:
+            cells += [_pct(_get(metrics, "rationales.pass_rate")),
+                      _dec(_get(metrics, "rationales.clip_specific_grounding"))]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -169,6 +173,9 @@ def markdown_table(result: Mapping) -> str:
     dims = _va_dimensions(systems)
     header = ["system", "UA %", "WA %", "macro-F1 %", "top-1 %", "top-2 %", "top-3 %",
               "speakers UAR ≥ .75", "speakers UAR ≥ .5"] + [f"CCC {d}" for d in dims]
+    rationales = any(s["pooled"].get("rationales") for s in systems.values())
+    if rationales:  # clip-specific: pass rate on the clip's own evidence - on another clip's
+        header += ["rationale pass %", "clip-specific grounding"]
     head = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     separate = result["protocol"].get("folds") == "test-sets"
     if separate:
@@ -176,10 +183,10 @@ def markdown_table(result: Mapping) -> str:
         for fold in result.get("folds", []):
             scores = {name: sysres["per_fold"][fold["name"]] for name, sysres in systems.items()}
             lines += [f"### {fold['name']}: {fold['test']} test utterances", "", *head,
-                      *_system_rows(systems, scores, False, dims), ""]
+                      *_system_rows(systems, scores, False, dims, rationales), ""]
     else:
         lines = head + _system_rows(systems, {n: s["pooled"] for n, s in systems.items()},
-                                    folded, dims)
+                                    folded, dims, rationales)
     proto = result["protocol"]
     first = next(iter(systems.values()))["pooled"]
     notes = [

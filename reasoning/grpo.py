@@ -42,7 +42,7 @@ from reasoning.config import RECIPE_NAME, GrpoConfig, Recipe, describe_fields, l
 from reasoning.data import AudioCache, Collator, PromptBuilder, to_device
 from reasoning.errors import RecipeError, UserError
 from reasoning.manifest import read_manifest
-from reasoning.rewards import REWARDS, Completion, has_evidence, score
+from reasoning.rewards import REWARDS, Completion, has_evidence
 
 log = logging.getLogger(__name__)
 
@@ -167,8 +167,9 @@ class GrpoRecipe:
         self.g = recipe.grpo
         self.checkpoint = checkpoint or self.g.checkpoint or recipe.train.output_dir
         self.device = resolve_device(device)
-        # name -> reward(completion, row); tests may pass their own, as TRL's reward_funcs
-        self.reward_funcs = reward_funcs or {n: REWARDS[n] for n in self.g.rewards}
+        # name -> reward(completion, row), those weighted above 0 (a `grounding: 0` needs no
+        # evidence); tests may pass their own, as TRL's reward_funcs, each weighted 1 unless named.
+        self.reward_funcs = reward_funcs or {n: REWARDS[n] for n, w in self.g.rewards.items() if w > 0}
         self.history: list[dict] = []
 
     def setup(self) -> None:

@@ -92,8 +92,3 @@ def check_weights(weights: dict, where: str = "grpo.rewards") -> None:
             raise RecipeError(f"{where}.{name}: the weight {weight!r} is not a number.")
     if not any(w > 0 for w in weights.values()):
         raise RecipeError(f"{where}: give at least one reward a weight above 0, e.g. {{label: 1.0}}.")
-
-
-def score(completion: Completion, row: dict, names: list[str]) -> list[float]:
-    """The rewards ``names`` of one completion, in that order."""
-    return [REWARDS[name](completion, row) for name in names]

@@ -167,9 +167,9 @@ class GrpoRecipe:
         self.g = recipe.grpo
         self.checkpoint = checkpoint or self.g.checkpoint or recipe.train.output_dir
         self.device = resolve_device(device)
-        # name -> reward(completion, row), those weighted above 0 (a `grounding: 0` needs no
+        # name -> reward(completion, row), those with a weight (a `grounding: 0` needs no
         # evidence); tests may pass their own, as TRL's reward_funcs, each weighted 1 unless named.
-        self.reward_funcs = reward_funcs or {n: REWARDS[n] for n, w in self.g.rewards.items() if w > 0}
+        self.reward_funcs = reward_funcs or {n: REWARDS[n] for n, w in self.g.rewards.items() if w != 0}
         self.history: list[dict] = []
 
     def setup(self) -> None:

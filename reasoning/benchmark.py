@@ -118,9 +118,15 @@ def run_benchmark(recipe, only_fold: str | None = None, device: str | None = Non
         # same seed, so the same weights): take the first fold's resolved recipe.
         probe_speech = (recipe.model.speech if recipe.model.speech.path is not None
                         else load_recipe(root / runs[0][0] / RECIPE_NAME).model.speech)
-    return evaluate_rows(rows, protocol, root / EVAL_DIR, baselines=recipe.eval.baselines, predictor=predictor,
-                         fold=only_fold, dev_speakers=recipe.eval.dev_speakers, meta=meta,
-                         probe_speech=probe_speech)
+    result = evaluate_rows(rows, protocol, root / EVAL_DIR, baselines=recipe.eval.baselines, predictor=predictor,
+                           fold=only_fold, dev_speakers=recipe.eval.dev_speakers, meta=meta,
+                           probe_speech=probe_speech)
+    if recipe.grpo.benchmark:  # each fold's reward curves beside the evaluation's plots
+        from reasoning.grpo import plot_run
+
+        for name, _ in runs:
+            plot_run(root / name, root / EVAL_DIR / "plots" / f"rewards_{name}.png")
+    return result
 
 
 def refine_folds(recipe, root: Path, names: list[str], device: str | None) -> Path:

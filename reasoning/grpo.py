@@ -332,15 +332,23 @@ class GrpoRecipe:
                      record["kl"], record["completions/mean_length"], record["example"][:80])
         bar.close()
         self.save_checkpoint()
-        from reasoning.report import plot_reward_curves
-
-        plot_reward_curves(self.history, self.output_dir / PLOT_FILE)
+        plot_run(self.output_dir)
         return self.history
 
     def save_checkpoint(self) -> Path:
         return save_checkpoint(self.output_dir, self.step, self.model, self.recipe,
                                {"step": self.step, "finished": True, "labels": self.recipe.data.labels,
                                 "grpo_from": str(self.ckpt)})
+
+
+def plot_run(run_dir: str | Path, path: str | Path | None = None) -> Path:
+    """The reward curves of a GRPO run folder (its losses.jsonl) as a PNG, by default its rewards.png."""
+    from reasoning.report import plot_reward_curves
+
+    run_dir = Path(run_dir)
+    history = [json.loads(x) for x in (run_dir / HISTORY_FILE).read_text().splitlines() if x.strip()]
+    Path(path or run_dir / PLOT_FILE).parent.mkdir(parents=True, exist_ok=True)
+    return plot_reward_curves(history, path or run_dir / PLOT_FILE, title=f"GRPO: {run_dir.name}")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -55,6 +55,8 @@ def test_benchmark_trains_every_fold_and_reports_beside_the_baselines(tmp_path, 
         assert state["grpo_from"].startswith(str(run / f"speaker-{spk}" / "checkpoint-"))
     grpo_metrics = json.loads((refined / "eval" / "metrics.json").read_text())
     assert grpo_metrics["systems"]["model"]["pooled"]["n"] == 48
+    assert sorted(p.name for p in (refined / "eval" / "plots").glob("rewards_*.png")) == sorted(
+        f"rewards_speaker-{s}.png" for s in speakers)
     capsys.readouterr()
     assert main(["compare", f"sft={run}", f"grpo={refined}"]) == 0
     table = capsys.readouterr().out

@@ -144,3 +144,25 @@ def test_grpo_on_the_tiny_models_raises_the_rewards_and_changes_only_the_adapter
     reloaded, *_ = load_for_inference(tmp_path / "grpo")  # a checkpoint like any other
     for n, p in reloaded.named_parameters():
         torch.testing.assert_close(p, dict(grpo.model.named_parameters())[n], rtol=0, atol=0)
+
+
+def test_the_cli_refuses_rows_without_evidence_before_building_the_model(trained, tmp_path, capsys, monkeypatch):
+    import yaml
+
+    from conftest import tiny_recipe_tree
+    from reasoning import grpo
+    from reasoning.cli import main
+
+    trainer, _ = trained
+
+    def built(*a, **kw):
+        raise AssertionError("the model was built before the rows were checked")
+
+    monkeypatch.setattr(grpo, "load_for_inference", built)
+    recipe = tmp_path / "grpo.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe_tree(tmp_path / "unused", grpo={"output_dir": str(tmp_path / "g")})))
+    manifest = trainer.recipe.data.train_manifest
+    assert main(["grpo", "--config", str(recipe), "--checkpoint", str(trainer.output_dir)]) == 2
+    err = capsys.readouterr().err
+    assert f"8 of 8 training rows of {manifest} have no measured evidence" in err
+    assert f"run `emoreason evidence --manifest {manifest}`" in err

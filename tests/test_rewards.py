@@ -2,6 +2,7 @@
 
 import pytest
 
+from conftest import ROOT
 from reasoning.config import load_recipe
 from reasoning.errors import RecipeError
 from reasoning.explain import other_clips, verify_rationales
@@ -60,7 +61,7 @@ def test_an_unknown_reward_name_lists_the_valid_ones():
     with pytest.raises(RecipeError, match="unknown reward `lable`; the rewards are label, votes, grounding, format"):
         check_weights({"lable": 1.0})
     with pytest.raises(RecipeError, match="grpo.rewards: unknown reward `lable`"):
-        load_recipe("recipes/tiny.yaml", ["grpo.rewards={lable: 1.0}"])
+        load_recipe(ROOT / "recipes" / "tiny.yaml", ["grpo.rewards={lable: 1.0}"])
     with pytest.raises(RecipeError, match="at least one reward a weight above 0"):
         check_weights({"label": 0.0})
 

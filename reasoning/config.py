@@ -171,6 +171,9 @@ class DataConfig:
     batch_size: int = _f(8, "Examples per batch and process.")
     group_by_length: bool = _f(True, "Batch clips of similar duration together (shuffled within chunks of 50 batches) so that little is padded.")
     balance: str = _f("none", "Emotion task, each epoch: `undersample` every label to the rarest one's count; `weighted`: draw examples with replacement, weighted by inverse label frequency; `none`.")
+    num_workers: int = _f(0, "DataLoader worker processes per training process that read, augment and collate the next batches while the model trains (0: in the training process, between steps). Each worker holds its own `audio_cache_mb`.")
+    prefetch_factor: int = _f(2, "Batches each worker prepares ahead (with num_workers > 0).")
+    audio_cache_mb: float = _f(512.0, "Memory for decoded clips per process (and per DataLoader worker): the least recently used clips are dropped beyond it, so a large corpus is read from disk again instead of filling memory; 0: no clip is kept.")
 
     def __post_init__(self) -> None:
         unknown = set(self.tasks) - set(TASKS)
@@ -196,6 +199,12 @@ class DataConfig:
             raise RecipeError(f"data.balance: {self.balance!r} is not one of none, undersample, weighted.")
         if self.batch_size < 1:
             raise RecipeError("data.batch_size must be at least 1.")
+        if self.num_workers < 0:
+            raise RecipeError("data.num_workers must be 0 (no worker processes) or more.")
+        if self.prefetch_factor < 1:
+            raise RecipeError("data.prefetch_factor must be at least 1.")
+        if self.audio_cache_mb < 0:
+            raise RecipeError("data.audio_cache_mb must be 0 (no cache) or more.")
 
 
 @dataclass

@@ -61,11 +61,15 @@ def test_each_phase_trains_only_its_parts(tmp_path, small_manifest):
         assert {n for n, p in part_of.items() if p in parts} - moved == set()
 
 
-def test_resumed_run_reproduces_the_uninterrupted_losses(tmp_path, small_manifest):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resumed_run_reproduces_the_uninterrupted_losses(tmp_path, small_manifest, workers):
     """With LoRA dropout on, as in the GPU recipes: the draws after the resume must be the
-    uninterrupted run's (the checkpoint's random state)."""
-    full = make_trainer(tmp_path / "a", small_manifest, lora={"dropout": 0.3},
-                        train={"epochs": 2, "save_every": 3, "keep_last": 0, "lr": 1e-2})
+    uninterrupted run's (the checkpoint's random state). With DataLoader workers that
+    augment the clips too: the batches a worker prepares must not depend on when it started."""
+    sections = dict(lora={"dropout": 0.3}, data={"num_workers": workers, "prefetch_factor": 2},
+                    augment={"p": 0.5, "gain_db": [-6, 6]} if workers else {})
+    full = make_trainer(tmp_path / "a", small_manifest,
+                        train={"epochs": 2, "save_every": 3, "keep_last": 0, "lr": 1e-2}, **sections)
     reference = full.train()
     assert len(reference) == 16
     ckpt = full.output_dir / "checkpoint-000003"
@@ -75,8 +79,8 @@ def test_resumed_run_reproduces_the_uninterrupted_losses(tmp_path, small_manifes
     resumed_dir = tmp_path / "b" / "run"
     resumed_dir.mkdir(parents=True)
     shutil.copytree(ckpt, resumed_dir / ckpt.name)
-    tree = tiny_recipe_tree(resumed_dir, small_manifest, lora={"dropout": 0.3},
-                            train={"epochs": 2, "save_every": 3, "lr": 1e-2})
+    tree = tiny_recipe_tree(resumed_dir, small_manifest, train={"epochs": 2, "save_every": 3, "lr": 1e-2},
+                            **sections)
     torch.manual_seed(1234)  # whatever state the process is in, the checkpoint's is restored
     resumed = TrainRecipe(load_recipe(tree=tree), resume=True)
     resumed.setup()

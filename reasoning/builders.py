@@ -119,7 +119,7 @@ def build_paralinguistic_encoder(cfg) -> nn.Module | None:
     if cfg.kind == "none":
         return None
     if cfg.kind == "opensmile":
-        return OpenSmileEncoder(cfg.hidden_size)
+        return OpenSmileEncoder(cfg.hidden_size, cfg.cache_mb)
     from transformers import AutoModel
 
     if cfg.layer == "auto":

@@ -16,6 +16,9 @@ training stores it on disk the first time and reads it back afterwards. Layout::
 
 Only encoders without trainable parameters are cached: an SSL model read through learned
 layer weights (``layer: weighted``) is not, since its output changes as they train.
+
+:class:`LRUCache` is the one in-memory cache of the project (decoded clips, openSMILE
+descriptors): bounded in bytes, it drops the least recently used arrays.
 """
 
 from __future__ import annotations

@@ -79,6 +79,7 @@ class ParalinguisticConfig:
     num_tokens: int = _f(10, "Paralinguistic tokens per clip given to the LLM.")
     freeze: bool = _f(True, "Keep the SSL model frozen (its layer weights and projector still train).")
     hidden_size: int = _f(128, "Width of the trainable encoder over openSMILE descriptors (kind: opensmile).")
+    cache_mb: float = _f(256.0, "kind: opensmile: memory for the descriptors of clips already seen (about 10 kB per second of audio), per process; the least recently used are dropped beyond it (an augmented clip is a new clip every epoch); 0: none kept.")
 
     def __post_init__(self) -> None:
         if self.kind not in ("ssl", "opensmile", "none"):
@@ -93,6 +94,8 @@ class ParalinguisticConfig:
                               f"{', '.join(LAYER_TARGETS)}.")
         if self.auto_max_clips < 2:
             raise RecipeError("model.paralinguistic.auto_max_clips must be at least 2.")
+        if self.cache_mb < 0:
+            raise RecipeError("model.paralinguistic.cache_mb must be 0 (no cache) or more.")
 
 
 @dataclass

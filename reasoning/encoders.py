@@ -16,6 +16,7 @@ from torch import nn
 from transformers import WhisperFeatureExtractor
 
 from reasoning.audio import SAMPLE_RATE
+from reasoning.cache import LRUCache
 
 WHISPER_HOP = 160            # samples per mel frame (10 ms)
 WHISPER_WINDOW_FRAMES = 3000  # 30 s of mel frames
@@ -177,14 +178,14 @@ class OpenSmileEncoder(nn.Module):
     input batch norm learns their very different scales.
     """
 
-    def __init__(self, hidden_size: int = 128):
+    def __init__(self, hidden_size: int = 128, cache_mb: float = 256.0):
         super().__init__()
         import opensmile  # imported here: it loads a native library
 
         self.smile = opensmile.Smile(feature_set=opensmile.FeatureSet.eGeMAPSv02,
                                      feature_level=opensmile.FeatureLevel.LowLevelDescriptors)
         n_features = len(self.smile.feature_names)
-        self._cache: dict[bytes, np.ndarray] = {}
+        self._cache = LRUCache(int(cache_mb * 2**20))
         self.hidden_size = hidden_size
         self.norm = nn.BatchNorm1d(n_features)
         self.net = nn.Sequential(
@@ -196,13 +197,14 @@ class OpenSmileEncoder(nn.Module):
         """(frames, 25) low-level descriptors of one clip.
 
         They depend on the samples alone, so they are computed once per distinct clip and
-        kept in memory (about 10 kB per second of audio), keyed by a hash of the samples.
+        kept in memory (about 10 kB per second of audio, up to ``cache_mb``), keyed by a
+        hash of the samples.
         """
         key = hashlib.blake2b(np.ascontiguousarray(wave).tobytes(), digest_size=16).digest()
         lld = self._cache.get(key)
         if lld is None:
             lld = np.nan_to_num(self.smile.process_signal(wave, SAMPLE_RATE).to_numpy(dtype=np.float32))
-            self._cache[key] = lld
+            self._cache.put(key, lld)
         return lld
 
     def forward(self, waves: torch.Tensor, wave_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

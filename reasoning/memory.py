@@ -397,7 +397,8 @@ def _batch(task: str, lengths: Lengths, recipe: Recipe) -> dict:
 
 
 def _fake_mel(encoder, batch_size: int, samples: int):
-    """Whisper's log-mel features are computed with numpy; the trace needs only their shape."""
+    """Whisper's log-mel features read the clips' lengths (values a fake trace has not); the trace
+    needs only their shape."""
     if encoder.mel_policy == "pad30":
         frames_total = WHISPER_WINDOW_FRAMES
     else:

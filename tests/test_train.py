@@ -183,11 +183,18 @@ def train_on_two_processes(tmp_path, tree, timeout=600):
 
 @pytest.mark.slow
 def test_two_cpu_processes_end_with_identical_parameters(tmp_path, small_manifest):
-    tree = tiny_recipe_tree(tmp_path / "run", small_manifest, train={"max_steps": 4, "lr": 1e-2})
+    """With a DataLoader worker on each process: every planned batch is split between the
+    two ranks, each taking its own half."""
+    tree = tiny_recipe_tree(tmp_path / "run", small_manifest, train={"max_steps": 4, "lr": 1e-2},
+                            data={"num_workers": 1})
     train_on_two_processes(tmp_path, tree)
     meta = json.loads((tmp_path / "world.json").read_text())
     assert (meta["world_size"], meta["rows_per_rank"]) == (2, [4, 4])  # data.batch_size per process
     assert meta["wrapper"] == "DistributedDataParallel"
+    ids = [json.loads((tmp_path / f"ids{r}.json").read_text()) for r in (0, 1)]
+    assert len(ids[0]) == len(ids[1]) == len(meta["plan_ids"]) > 1
+    for planned, a, b in zip(meta["plan_ids"], *ids):
+        assert len(a) == len(b) == 4 and not set(a) & set(b) and sorted(a + b) == sorted(planned)
 
 
 @pytest.mark.slow

@@ -52,7 +52,7 @@ from torch.utils._pytree import tree_flatten
 from torch.utils.weak import WeakIdKeyDictionary
 
 from reasoning.audio import SAMPLE_RATE
-from reasoning.builders import DTYPES, _config_dict, assemble, freeze
+from reasoning.builders import DTYPES, _config_dict, _load_dtype, assemble, freeze
 from reasoning.config import Recipe, load_recipe
 from reasoning.encoders import WHISPER_HOP, WHISPER_WINDOW_FRAMES
 from reasoning.errors import UserError
@@ -106,14 +106,6 @@ def resolve_config(path: str | None, config, where: str) -> dict:
             f"{where}.path: no config for {path!r}: it is not a local folder with config.json, "
             f"not stored at {stored}, and not in the Hugging Face cache. Save its config.json "
             f"there (the config only, no weights) or set {where}.path to a local folder.") from err
-
-
-def _load_dtype(cfg) -> torch.dtype:
-    """The dtype ``from_pretrained`` loads a part in by default: its config's, else fp32."""
-    dtype = getattr(cfg, "dtype", None)
-    if isinstance(dtype, str):
-        dtype = getattr(torch, dtype)
-    return dtype or torch.float32
 
 
 def local_tokenizer(recipe: Recipe):

@@ -618,10 +618,14 @@ def estimate_memory(recipe: Recipe, clip_seconds: float | None = None, prompt_to
         results.append(VariantEstimate(name, weights, grads, 2 * grads, peaks.get(heaviest, 0), heaviest,
                                        peaks, failed))
         log.debug("%s: %s", name, results[-1])
-    llm = recipe.model.llm
-    current = ("QLoRA" if llm.quantization == "4bit" else "LoRA") + ("+ckpt" if llm.gradient_checkpointing else "")
     return MemoryEstimate(recipe_name, _part_names(recipe), params, lengths, recipe.train.mixed_precision,
-                          current, results)
+                          recipe_variant(recipe), results)
+
+
+def recipe_variant(recipe: Recipe) -> str:
+    """The name, among :data:`VARIANTS`, of the recipe's own setting (e.g. ``QLoRA+ckpt``)."""
+    llm = recipe.model.llm
+    return ("QLoRA" if llm.quantization == "4bit" else "LoRA") + ("+ckpt" if llm.gradient_checkpointing else "")
 
 
 def _count(n: int) -> str:

@@ -47,13 +47,14 @@ GIB = 1024 ** 3
 
 def missing_requirements(cpu: bool) -> list[str]:
     """What this machine lacks to run the check, one line each (empty: nothing)."""
-    missing = []
+    missing, failed = [], set()
     for module, package in REQUIRED.items():
         try:
             importlib.import_module(module)
         except ImportError as err:
             missing.append(f"{package} (import {module}: {err})")
-    if "torch (" not in " ".join(missing) and not cpu:
+            failed.add(module)
+    if "torch" not in failed and not cpu:
         import torch
 
         if not torch.cuda.is_available():

@@ -88,7 +88,7 @@ def test_the_memory_cache_drops_the_least_recently_used_arrays_past_its_limit():
 def test_a_bounded_clip_cache_evicts_and_trains_to_the_same_losses(tmp_path, small_manifest):
     def train(cache_mb):
         tree = tiny_recipe_tree(tmp_path / str(cache_mb), small_manifest, train={"epochs": 2, "lr": 1e-2},
-                                data={"audio_cache_mb": cache_mb})
+                                data={"audio_cache_mb": cache_mb, "tasks": {"emotion": 1.0, "va": 1.0}})
         trainer = TrainRecipe(load_recipe(tree=tree))
         trainer.setup()
         return [h["loss"] for h in trainer.train()], trainer.collate.audio.clips

@@ -3,7 +3,8 @@
 Task alternation lives here, not in the training loop: :class:`TaskSchedule` turns the
 manifest rows usable by each task into an ordered list of single-task batches per epoch,
 as a pure function of ``(seed, epoch)``. A resumed run therefore rebuilds the same plan
-and skips the batches it has done.
+and skips the batches it has done. :func:`schedule_loader` serves a plan through a
+``torch.utils.data.DataLoader`` (workers, prefetch) whose batch sampler replays it.
 """
 
 from __future__ import annotations

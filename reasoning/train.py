@@ -1,8 +1,10 @@
 """Training: ``accelerate launch -m reasoning.train --config recipes/X.yaml [key=value ...]``
 or ``emoreason train --config recipes/X.yaml``.
 
-One task per batch, in the order the seeded :class:`~reasoning.data.TaskSchedule` plans.
-The loop reads ``batch["task"]`` only to log the loss per task.
+One task per batch, in the order the seeded :class:`~reasoning.data.TaskSchedule` plans,
+read through a DataLoader that replays that plan (:func:`~reasoning.data.schedule_loader`;
+``data.num_workers`` prepare the next batches while the model trains). The loop reads
+``batch["task"]`` only to log the loss per task.
 """
 
 from __future__ import annotations

@@ -192,6 +192,9 @@ class Collator:
 
     ``dimensions`` (the recipe's ``heads.dimensions``) are the columns of ``batch["va"]``,
     (B, D), NaN where a row has no value.
+
+    ``descriptors`` (the openSMILE encoder's, with DataLoader workers): computed for each
+    clip where the batch is collated, as ``batch["descriptors"]`` (frames, 25) arrays.
     """
 
     builder: PromptBuilder
@@ -204,6 +207,7 @@ class Collator:
     max_seconds: float | None = None
     dimensions: tuple[str, ...] = VA_DIMENSIONS
     evidence: str = "none"
+    descriptors: Callable[[np.ndarray], np.ndarray] | None = None
 
     def cues(self, row: dict, task: str) -> str | None:
         """The measured cues in words that ``task``'s prompt for ``row`` carries (``prompt.evidence``)."""
@@ -269,6 +273,8 @@ class Collator:
             "gender": torch.tensor([{"f": 0, "m": 1}.get(r.get("gender"), -1) for r in rows]),
             **self.prompt_batch(task, contexts),
         }
+        if self.descriptors is not None:
+            batch["descriptors"] = [self.descriptors(w.numpy()) for w in waves]
         texts = [task_target(task, r, b.labels, self.dimensions) or "" for r in rows]
         if task == "rationale":
             texts = [order_rationale(t, r.get("emotion") or "", self.rationale_order) if t else t

@@ -220,12 +220,21 @@ class OpenSmileEncoder(nn.Module):
         kept in memory (about 10 kB per second of audio, up to ``cache_mb``), keyed by a
         hash of the samples.
         """
-        key = hashlib.blake2b(np.ascontiguousarray(wave).tobytes(), digest_size=16).digest()
+        key = self._key(wave)
         lld = self._cache.get(key)
         if lld is None:
             lld = np.nan_to_num(self.smile.process_signal(wave, SAMPLE_RATE).to_numpy(dtype=np.float32))
             self._cache.put(key, lld)
         return lld
+
+    def remember(self, wave: np.ndarray, lld: np.ndarray) -> None:
+        """Keep descriptors computed elsewhere (in a DataLoader worker, by a copy of this
+        encoder) for ``wave``, so that the training step finds them instead of computing them."""
+        self._cache.put(self._key(wave), lld)
+
+    @staticmethod
+    def _key(wave: np.ndarray) -> bytes:
+        return hashlib.blake2b(np.ascontiguousarray(wave, dtype=np.float32).tobytes(), digest_size=16).digest()
 
     def forward(self, waves: torch.Tensor, wave_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         llds = [torch.from_numpy(self.descriptors(w[: int(n)].cpu().numpy()))

@@ -155,6 +155,9 @@ class TrainRecipe:
                                 # a cached encoder output belongs to the clip as recorded
                                 cached=bool(self.model.caches), max_seconds=r.model.speech.max_seconds,
                                 dimensions=tuple(r.heads.dimensions), evidence=r.prompt.evidence)
+        if r.model.paralinguistic.kind == "opensmile" and d.num_workers > 0:
+            # openSMILE runs on the CPU: in the workers, not between the training steps
+            self.collate.descriptors = self.model.paralinguistic_encoder.descriptors
         if self.collate.augment is not None and self.model.caches:
             log.warning("augmentation is off: model.encoder_cache holds the %s encoder outputs of the "
                         "unaugmented clips", " and ".join(self.model.caches))
@@ -273,6 +276,15 @@ class TrainRecipe:
                                d.num_workers, d.prefetch_factor,
                                pin_memory=self.accelerator.device.type == "cuda")
 
+    def _received(self, batch: dict) -> dict:
+        """A batch from the loader, on the device; openSMILE descriptors computed in the
+        workers go to the encoder, which then finds them instead of computing them."""
+        if "descriptors" in batch:
+            encoder = self.unwrapped.paralinguistic_encoder
+            for wave, n, lld in zip(batch["waves"], batch["wave_lengths"].tolist(), batch.pop("descriptors")):
+                encoder.remember(wave[:n].numpy(), lld)
+        return to_device(batch, self.accelerator.device)
+
     def _mask_frozen_parts(self, parts: list[str] | None) -> None:
         """`phased` schedule: parts outside this phase get no gradient, so AdamW leaves them
         (and their moments) untouched."""
@@ -310,7 +322,7 @@ class TrainRecipe:
                 return False
             group = plan[i:i + t.grad_accum]
             for j in range(len(group)):
-                batch = to_device(next(batches), acc.device)
+                batch = self._received(next(batches))
                 task = batch["task"]
                 sync = nullcontext() if j == len(group) - 1 else acc.no_sync(self.model)
                 with sync:

@@ -382,3 +382,19 @@ def test_with_max_seconds_a_clip_is_cut_after_augmentation_and_leaves_the_asr_ta
     assert 0 not in trainer.schedule.examples["asr"]  # its transcript covers 40 s, not 30
     assert 0 in trainer.schedule.examples["emotion"]
     assert len(trainer.collate.wave(trainer.rows[0], epoch=0)) == 30 * 16000
+
+
+def test_with_workers_opensmile_runs_in_them_and_trains_alike(tmp_path, small_manifest):
+    """openSMILE runs on the CPU: with DataLoader workers it runs there, not between the
+    training steps, and the losses are the same as with none."""
+    def run(workers):
+        trainer = make_trainer(tmp_path / str(workers), small_manifest, train={"max_steps": 4, "lr": 1e-2},
+                               data={"num_workers": workers, "tasks": {"emotion": 1.0, "va": 1.0}},
+                               model={"paralinguistic": {"kind": "opensmile", "num_tokens": 4, "hidden_size": 16}})
+        return [h["loss"] for h in trainer.train()], trainer.unwrapped.paralinguistic_encoder._cache
+
+    inline, computed_here = run(0)
+    in_workers, handed_over = run(2)
+    assert in_workers == inline and len(inline) == 4
+    assert computed_here.misses == 8, "each clip once, in the training process"
+    assert handed_over.misses == 0 and handed_over.hits == 4 * 4, "none computed in the training process"

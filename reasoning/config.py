@@ -84,6 +84,7 @@ class ParalinguisticConfig:
     num_tokens: int = _f(10, "Paralinguistic tokens per clip given to the LLM.")
     freeze: bool = _f(True, "Keep the SSL model frozen (its layer weights and projector still train).")
     hidden_size: int = _f(128, "Width of the trainable encoder over openSMILE descriptors (kind: opensmile).")
+    cache_mb: float = _f(256.0, "kind: opensmile: memory for the descriptors of clips already seen (about 10 kB per second of audio), per process; the least recently used are dropped beyond it (an augmented clip is a new clip every epoch); 0: none kept.")
 
     def __post_init__(self) -> None:
         if self.kind not in ("ssl", "opensmile", "none"):
@@ -98,6 +99,8 @@ class ParalinguisticConfig:
                               f"{', '.join(LAYER_TARGETS)}.")
         if self.auto_max_clips < 2:
             raise RecipeError("model.paralinguistic.auto_max_clips must be at least 2.")
+        if self.cache_mb < 0:
+            raise RecipeError("model.paralinguistic.cache_mb must be 0 (no cache) or more.")
 
 
 @dataclass
@@ -176,6 +179,9 @@ class DataConfig:
     batch_size: int = _f(8, "Examples per batch and process.")
     group_by_length: bool = _f(True, "Batch clips of similar duration together (shuffled within chunks of 50 batches) so that little is padded.")
     balance: str = _f("none", "Emotion task, each epoch: `undersample` every label to the rarest one's count; `weighted`: draw examples with replacement, weighted by inverse label frequency; `none`.")
+    num_workers: int = _f(0, "DataLoader worker processes per training process that read, augment and collate the next batches while the model trains (0: in the training process, between steps). Each worker holds its own `audio_cache_mb`.")
+    prefetch_factor: int = _f(2, "Batches each worker prepares ahead (with num_workers > 0).")
+    audio_cache_mb: float = _f(512.0, "Memory for decoded clips per process (and per DataLoader worker): the least recently used clips are dropped beyond it, so a large corpus is read from disk again instead of filling memory; 0: no clip is kept.")
 
     def __post_init__(self) -> None:
         unknown = set(self.tasks) - set(TASKS)
@@ -201,6 +207,12 @@ class DataConfig:
             raise RecipeError(f"data.balance: {self.balance!r} is not one of none, undersample, weighted.")
         if self.batch_size < 1:
             raise RecipeError("data.batch_size must be at least 1.")
+        if self.num_workers < 0:
+            raise RecipeError("data.num_workers must be 0 (no worker processes) or more.")
+        if self.prefetch_factor < 1:
+            raise RecipeError("data.prefetch_factor must be at least 1.")
+        if self.audio_cache_mb < 0:
+            raise RecipeError("data.audio_cache_mb must be 0 (no cache) or more.")
 
 
 @dataclass

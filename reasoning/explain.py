@@ -47,7 +47,7 @@ class Explainer:
         self.builder = PromptBuilder(self.tokenizer, self.labels, self.model.num_audio_tokens,
                                      self.recipe.prompt.system)
         # Clips are read once each; no need to keep them. Never augmented: no epoch is passed.
-        self.collate = Collator(self.builder, AudioCache(keep=False), self.prompt.transcript,
+        self.collate = Collator(self.builder, AudioCache(max_mb=0), self.prompt.transcript,
                                 self.prompt.two_step, self.prompt.rationale_order,
                                 max_seconds=self.recipe.model.speech.max_seconds,
                                 dimensions=tuple(self.recipe.heads.dimensions), evidence=self.prompt.evidence)

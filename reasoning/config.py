@@ -278,7 +278,7 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    protocol: str | None = _f(None, "`emoreason benchmark` protocol: iemocap4-loso, meld7, meld-sentiment or loso (leave-one-speaker-out on any corpus).")
+    protocol: str | None = _f(None, "`emoreason benchmark` protocol: iemocap4 (or its alias iemocap4-loso), meld7, meld-sentiment, msp-podcast or loso (leave-one-speaker-out on any corpus).")
     baselines: list = _f(["majority", "egemaps", "tfidf", "probe"], "Baselines computed in the same run on the same folds (tfidf only where every row has a transcript; probe: a linear probe on the recipe's own frozen speech encoder, its layer chosen on each fold's training speakers).")
     dev_speakers: int = _f(0, "Speakers held out of each fold's training rows as a dev set.")
 

@@ -225,13 +225,13 @@ def prediction_dict(labels: list[str], preds: list[dict], prompt: dict | None = 
 def verify_rationales(pred: dict, rows: list[dict]) -> dict:
     """Check each generated rationale against its row's measured evidence, gold label and
     transcript (rows without evidence or label stay unverified)."""
-    from reasoning.rationales.verify import verify
+    from reasoning.rationales.verify import verdict_fields, verify
 
     for rec, row in zip(pred["rationales"] or [], rows):
         ev = row.get("evidence")
         if rec["text"] and isinstance(ev, dict) and not ev.get("error") and row.get("emotion"):
             v = verify(label_first(rec["text"], pred["label_set"]), ev, row["emotion"], row.get("transcript"))
-            rec["verdict"] = {"passed": v.passed, "claims": v.claims, "emotion": rec["emotion"]}
+            rec.update(verdict_fields(v))
     return pred
 
 

@@ -363,7 +363,10 @@ def _build(cls: type, data: dict | None, where: str) -> Any:
         if sub is not None:
             kwargs[name] = _build(sub, data.get(name), f"{where}{name}.")
         elif name in data:
-            kwargs[name] = _coerce(data[name], f.type, where + name)
+            value = data[name]
+            if cls is TrainConfig and name == "mixed_precision" and value is False:
+                value = "no"  # YAML 1.1 reads an unquoted `no` as False
+            kwargs[name] = _coerce(value, f.type, where + name)
     return cls(**kwargs)
 
 

@@ -32,6 +32,7 @@ RECIPE_NAME = "recipe.yaml"
 TASKS = ("asr", "emotion", "va", "rationale")
 SCHEDULES = ("round_robin", "weighted", "phased")
 # Parts a phase of the `phased` schedule may train.
+TRACKERS = ("tensorboard", "wandb", "trackio")  # accelerate's names (accelerate.utils.LoggerType)
 PARTS = ("speech", "paralinguistic", "llm", "heads")
 TRANSCRIPT_MODES = ("none", "gold", "asr")
 EVIDENCE_MODES = ("none", "measured")
@@ -266,6 +267,7 @@ class TrainConfig:
     save_every: int = _f(0, "Save a checkpoint every N optimizer steps (0: only at the end).")
     keep_last: int = _f(2, "Checkpoints kept on disk (older ones are deleted).")
     log_every: int = _f(10, "Log the mean loss per task every N steps.")
+    log_with: list = _f([], "Experiment trackers that get the logged losses and learning rate, through accelerate's tracker support: any of `tensorboard`, `wandb`, `trackio` (each needs its package: `pip install emoreason[tensorboard]` or `wandb` or `trackio`). Their files go to `<output_dir>/trackers/`.")
 
     def __post_init__(self) -> None:
         if self.lr_schedule not in ("cosine", "linear", "constant"):
@@ -274,6 +276,9 @@ class TrainConfig:
             raise RecipeError(f"train.mixed_precision: {self.mixed_precision!r} is not one of no, bf16, fp16.")
         if self.grad_accum < 1:
             raise RecipeError("train.grad_accum must be at least 1.")
+        unknown = [t for t in self.log_with if t not in TRACKERS]
+        if unknown:
+            raise RecipeError(f"train.log_with: {unknown} are not trackers; choose from {', '.join(TRACKERS)}.")
 
 
 @dataclass

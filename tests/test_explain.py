@@ -16,8 +16,10 @@ def test_explain_a_folder_as_json(trained, tmp_path, capsys):
     for r in rows[:3]:
         shutil.copy(r["audio"], folder)
     assert main(["explain", str(folder), "--checkpoint", str(trainer.output_dir), "--json", "--top-k", "2"]) == 0
-    preds = json.loads(capsys.readouterr().out)
+    printed = capsys.readouterr()
+    preds = json.loads(printed.out)  # stdout holds the JSON only
     assert len(preds) == 3
+    assert "explain" in printed.err and "1/1" in printed.err  # progress on stderr, no terminal needed
     for p in preds:
         assert set(p) >= {"clip", "duration", "emotion", "probabilities", "top_k", "valence", "arousal", "rationale"}
         assert list(p["probabilities"]) == ["neutral", "happy", "angry", "sad"]

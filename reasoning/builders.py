@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
+from urllib.parse import urlparse
 
 import torch
 from torch import nn
@@ -36,12 +40,45 @@ def _config_dict(config: dict | str, where: str) -> dict:
     return dict(config)
 
 
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub can be asked at all: False with ``HF_HUB_OFFLINE`` set, or
+    when its host does not answer within ``timeout`` seconds (one connection, no retries)."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+@contextmanager
+def disk_only(path: str) -> Iterator[None]:
+    """Around ``from_pretrained(path)``: a folder, or a hub id with no hub to ask, is read from
+    disk only (the hub cache), so that a missing model fails at once instead of after
+    huggingface_hub's retries (tens of seconds without a network). The hub is switched off
+    (``HF_HUB_OFFLINE``) for the call: ``local_files_only`` alone does not reach transformers'
+    lookup of an adapter config, which retries."""
+    from huggingface_hub import constants
+
+    before = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = before or Path(path).exists() or not hub_reachable()
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = before
+
+
 def _from_pretrained(cls, path: str, where: str, **kw):
     """``cls.from_pretrained`` with an error that says what to do when offline. ``path`` may
     start with ``$EMOREASON_MODELS`` (reasoning.pretrained)."""
     path = resolve_model_path(path)
     try:
-        return cls.from_pretrained(path, **kw)
+        with disk_only(path):
+            return cls.from_pretrained(path, **kw)
     except OSError as err:
         hint = missing_model_hint(path)
         if hint:

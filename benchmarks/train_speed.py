@@ -1,6 +1,6 @@
 """Training and explain speed of the toolkit against the bare model, measured side by side.
 
-    python benchmarks/train_speed.py [--steps 8] [--repeats 3]
+    python benchmarks/train_speed.py [--steps 8] [--repeats 3] [--tiny] [--workers N]
 
 A mid-size random configuration (about 100 M parameters: Whisper-base-like encoder,
 a WavLM-like SSL encoder, a 12-layer LLM) is trained on the bundled clips. It prints:
@@ -16,6 +16,9 @@ a WavLM-like SSL encoder, a 12-layer LLM) is trained on the bundled clips. It pr
 (d) ``explain`` clips per second at batch 16 divided by one clip at a time, over the
     48 bundled clips, with the CLI's defaults (target: at least 4);
 (e) peak resident memory of the process.
+
+``--tiny`` uses the tiny configs of ``data/tiny/`` instead (seconds, not minutes: to
+compare two checkouts side by side); ``--workers N`` trains with ``data.num_workers: N``.
 
 Each measurement alternates the two sides ``--repeats`` times and reports medians, since
 the machine is shared and noisy.
@@ -64,16 +67,20 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def mid_recipe(tmp: Path):
+def mid_recipe(tmp: Path, tiny: bool = False, workers: int = 0):
     # enough epochs that no timing reaches the end of training
     tree = tiny_recipe_tree(tmp / "run", SAMPLES, train={"epochs": 1000, "lr": 1e-4})
-    tree["model"]["speech"].update(config=MID_WHISPER, num_tokens=64)
     # a fixed layer, so that both frozen encoders can be cached for (b)
-    tree["model"]["paralinguistic"].update(config=MID_SSL, num_tokens=8, layer=3)
+    tree["model"]["paralinguistic"]["layer"] = 1
+    if not tiny:
+        tree["model"]["speech"].update(config=MID_WHISPER, num_tokens=64)
+        tree["model"]["paralinguistic"].update(config=MID_SSL, num_tokens=8, layer=3)
+        tree["model"]["llm"]["config"] = MID_LLM
+        tree["model"]["projector_hidden"] = 1024
     tree["model"]["encoder_cache"] = str(tmp / "cache")
-    tree["model"]["llm"]["config"] = MID_LLM
-    tree["model"]["projector_hidden"] = 1024
     tree["data"].update(batch_size=8, train_split=[])
+    if workers:  # a key older checkouts do not know: only set when asked for
+        tree["data"]["num_workers"] = workers
     return load_recipe(tree=tree)
 
 
@@ -102,11 +109,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=8, help="training steps per timing")
     parser.add_argument("--repeats", type=int, default=3, help="alternations of the two sides")
+    parser.add_argument("--tiny", action="store_true", help="the tiny configs of data/tiny/ instead of the mid-size one")
+    parser.add_argument("--workers", type=int, default=0, help="data.num_workers of the training DataLoader")
     args = parser.parse_args()
     torch.manual_seed(0)
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = TrainRecipe(mid_recipe(Path(tmp)))
+        trainer = TrainRecipe(mid_recipe(Path(tmp), args.tiny, args.workers))
         trainer.setup()
         caches, trainer.unwrapped.caches = trainer.unwrapped.caches, {}  # (a) without the cache
         n_params = sum(p.numel() for p in trainer.unwrapped.parameters())

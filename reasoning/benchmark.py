@@ -11,6 +11,12 @@ scores the fold models and the baselines on the same test rows and writes the re
 A fold whose run folder already holds its final checkpoint is not trained again, so an
 interrupted benchmark resumes where it stopped.
 
+With ``grpo.benchmark: true``, each fold's supervised model is then refined by GRPO
+(:mod:`reasoning.grpo`) into ``<grpo.output_dir>/<fold>/``, and the refined models are the
+ones evaluated, into ``<grpo.output_dir>/eval/``. Pointing ``train.output_dir`` at a
+finished supervised benchmark reuses its fold models, so ``emoreason compare`` then sets
+supervised and supervised + GRPO side by side on the same folds.
+
 Under ``accelerate launch`` every process trains every fold, in one process group that
 lives from the first fold to the last (a fold's cleanup keeps it); then the main process
 evaluates alone.
@@ -99,6 +105,8 @@ def run_benchmark(recipe, only_fold: str | None = None, device: str | None = Non
     state.destroy_process_group()
     if not state.is_main_process:
         return {}
+    if recipe.grpo.benchmark:
+        root = refine_folds(recipe, root, [name for name, _ in runs], device)
     trained = root / SHARED_RUN if protocol.separate_folds else root
     predictor, hashes = checkpoint_predictor(trained, [f.name for f in folds], device,
                                              shared=protocol.one_training_set)
@@ -110,9 +118,34 @@ def run_benchmark(recipe, only_fold: str | None = None, device: str | None = Non
         # same seed, so the same weights): take the first fold's resolved recipe.
         probe_speech = (recipe.model.speech if recipe.model.speech.path is not None
                         else load_recipe(root / runs[0][0] / RECIPE_NAME).model.speech)
-    return evaluate_rows(rows, protocol, root / EVAL_DIR, baselines=recipe.eval.baselines, predictor=predictor,
-                         fold=only_fold, dev_speakers=recipe.eval.dev_speakers, meta=meta,
-                         probe_speech=probe_speech)
+    result = evaluate_rows(rows, protocol, root / EVAL_DIR, baselines=recipe.eval.baselines, predictor=predictor,
+                           fold=only_fold, dev_speakers=recipe.eval.dev_speakers, meta=meta,
+                           probe_speech=probe_speech)
+    if recipe.grpo.benchmark:  # each fold's reward curves beside the evaluation's plots
+        from reasoning.grpo import plot_run
+
+        for name, _ in runs:
+            plot_run(root / name, root / EVAL_DIR / "plots" / f"rewards_{name}.png")
+    return result
+
+
+def refine_folds(recipe, root: Path, names: list[str], device: str | None) -> Path:
+    """GRPO on each fold's supervised model ``root/<fold>`` into ``<grpo.output_dir>/<fold>``
+    (a fold already refined is skipped); returns ``grpo.output_dir``, where they now are."""
+    from reasoning.grpo import GrpoRecipe
+
+    out = Path(recipe.grpo.output_dir)
+    for i, name in enumerate(names, 1):
+        if _finished(out / name):
+            log.info("fold %s (%d/%d): already refined by GRPO in %s", name, i, len(names), out / name)
+            continue
+        log.info("fold %s (%d/%d): GRPO from %s", name, i, len(names), root / name)
+        fold_recipe = copy.deepcopy(recipe)
+        fold_recipe.grpo.output_dir = str(out / name)
+        trainer = GrpoRecipe(fold_recipe, checkpoint=root / name, device=device)
+        trainer.setup()
+        trainer.train()
+    return out
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -128,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
     result = run_benchmark(recipe, args.fold, args.device)
     if not result:  # another process of the launch evaluated and prints
         return 0
-    out = Path(recipe.train.output_dir) / EVAL_DIR
+    out = Path(recipe.grpo.output_dir if recipe.grpo.benchmark else recipe.train.output_dir) / EVAL_DIR
     print((out / TABLE_NAME).read_text(encoding="utf-8"))
     print(f"wrote {result['report']['metrics']} and the plots in {out / 'plots'}")
     return 0

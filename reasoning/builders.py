@@ -72,6 +72,14 @@ def disk_only(path: str) -> Iterator[None]:
         constants.HF_HUB_OFFLINE = before
 
 
+def _load_dtype(cfg) -> torch.dtype:
+    """The dtype ``from_pretrained`` loads a part in by default: its config's, else fp32."""
+    dtype = getattr(cfg, "dtype", None)
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    return dtype or torch.float32
+
+
 def _from_pretrained(cls, path: str, where: str, **kw):
     """``cls.from_pretrained`` with an error that says what to do when offline. ``path`` may
     start with ``$EMOREASON_MODELS`` (reasoning.pretrained)."""
@@ -92,9 +100,13 @@ def _from_pretrained(cls, path: str, where: str, **kw):
             "config.json and the weights.") from err
 
 
-def materialize(recipe: Recipe, out_dir: str | Path, seed: int = 0) -> Recipe:
+def materialize(recipe: Recipe, out_dir: str | Path, seed: int = 0, device: str | torch.device = "cpu") -> Recipe:
     """Save every part given by ``config`` as a randomly initialised model under
-    ``out_dir/base/<part>`` and point the recipe at it. Returns the updated recipe."""
+    ``out_dir/base/<part>`` and point the recipe at it. Returns the updated recipe.
+
+    Each part is saved in the dtype it is loaded in (an encoder's config dtype, the LLM's
+    ``model.llm.dtype``): a 7B LLM in bfloat16 writes 15 GB, not 30. ``device``: where the
+    random weights are drawn (a GPU draws 7B in seconds, a CPU in minutes)."""
     from transformers import (AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer,
                               WhisperConfig, WhisperFeatureExtractor, WhisperModel)
 
@@ -104,14 +116,17 @@ def materialize(recipe: Recipe, out_dir: str | Path, seed: int = 0) -> Recipe:
         torch.manual_seed(seed)
         cfg = WhisperConfig(**_config_dict(m.speech.config, "model.speech"))
         target = base / "speech"
-        WhisperModel(cfg).save_pretrained(target)
+        with torch.device(device):
+            WhisperModel(cfg).to(_load_dtype(cfg)).save_pretrained(target)
         WhisperFeatureExtractor(feature_size=cfg.num_mel_bins).save_pretrained(target)
         m.speech.path = str(target)
     if m.paralinguistic.kind == "ssl" and m.paralinguistic.path is None:
         torch.manual_seed(seed + 1)
         cfg = _config_dict(m.paralinguistic.config, "model.paralinguistic")
         target = base / "paralinguistic"
-        AutoModel.from_config(AutoConfig.for_model(**cfg)).save_pretrained(target)
+        config = AutoConfig.for_model(**cfg)
+        with torch.device(device):
+            AutoModel.from_config(config).to(_load_dtype(config)).save_pretrained(target)
         m.paralinguistic.path = str(target)
     if m.llm.path is None:
         torch.manual_seed(seed + 2)
@@ -119,7 +134,8 @@ def materialize(recipe: Recipe, out_dir: str | Path, seed: int = 0) -> Recipe:
         tokenizer = _from_pretrained(AutoTokenizer, m.llm.tokenizer, "model.llm.tokenizer")
         cfg.setdefault("vocab_size", len(tokenizer))
         target = base / "llm"
-        AutoModelForCausalLM.from_config(AutoConfig.for_model(**cfg)).save_pretrained(target)
+        with torch.device(device):
+            AutoModelForCausalLM.from_config(AutoConfig.for_model(**cfg), dtype=DTYPES[m.llm.dtype]).save_pretrained(target)
         tokenizer.save_pretrained(target)
         m.llm.path, m.llm.tokenizer = str(target), str(target)
     return recipe
@@ -162,7 +178,7 @@ def build_paralinguistic_encoder(cfg, ssl: nn.Module | None = None) -> nn.Module
     if cfg.kind == "none":
         return None
     if cfg.kind == "opensmile":
-        return OpenSmileEncoder(cfg.hidden_size)
+        return OpenSmileEncoder(cfg.hidden_size, cfg.cache_mb)
     from transformers import AutoModel
 
     if cfg.layer == "auto":

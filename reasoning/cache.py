@@ -16,12 +16,16 @@ training stores it on disk the first time and reads it back afterwards. Layout::
 
 Only encoders without trainable parameters are cached: an SSL model read through learned
 layer weights (``layer: weighted``) is not, since its output changes as they train.
+
+:class:`LRUCache` is the one in-memory cache of the project (decoded clips, openSMILE
+descriptors): bounded in bytes, it drops the least recently used arrays.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +51,40 @@ def clip_key(clip: dict) -> str:
     """A file name for one clip (audio path, start, end, size and modification time)."""
     return _digest([str(Path(clip["audio"]).resolve()), clip.get("start"), clip.get("end"),
                     *file_stamp(clip["audio"])])
+
+
+class LRUCache:
+    """Arrays in memory up to ``max_bytes`` in all: past it, the least recently used are
+    dropped (an array larger than the whole limit is never kept). ``max_bytes`` 0 keeps
+    nothing. ``hits``, ``misses`` and ``evictions`` count what happened, for tests and logs."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = int(max_bytes)
+        self.bytes = 0
+        self.hits = self.misses = self.evictions = 0
+        self._items: OrderedDict = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, key):
+        value = self._items.get(key)
+        if value is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        self._items.move_to_end(key)
+        return value
+
+    def put(self, key, value: np.ndarray) -> None:
+        if key in self._items or value.nbytes > self.max_bytes:
+            return
+        self._items[key] = value
+        self.bytes += value.nbytes
+        while self.bytes > self.max_bytes:
+            _, old = self._items.popitem(last=False)
+            self.bytes -= old.nbytes
+            self.evictions += 1
 
 
 class EncoderCache:

@@ -23,6 +23,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "evidence": ("reasoning.evidence.cli", "measure acoustic and lexical evidence per utterance"),
     "rationales": ("reasoning.rationales.cli", "write and verify rationales from the evidence"),
     "train": ("reasoning.train", "fine-tune a model from a YAML recipe"),
+    "grpo": ("reasoning.grpo", "refine a trained checkpoint with GRPO: label, vote, verifier-grounding and format rewards"),
     "eval": ("reasoning.evaluate", "evaluate a checkpoint and the baselines on a manifest under a protocol"),
     "benchmark": ("reasoning.benchmark", "train and evaluate every fold of a protocol, baselines side by side"),
     "compare": ("reasoning.compare", "put several benchmark runs of one protocol in one table"),

@@ -9,8 +9,10 @@ other pair is refused.
 
 Columns: UA, WA and macro-F1 (mean ± std over folds), speakers with UAR >= 0.5, CCC of
 valence and arousal (and of dominance when a model predicts it; pooled), the verifier's
-pass rate of the generated rationales and the share whose stated emotion equals the
-predicted label, and what the prompts held.
+pass rate of the generated rationales, their clip-specific grounding (pass rate against the
+clip's own evidence minus against another clip of the same speaker: 0 for a rationale that
+fits any clip) and the share whose stated emotion equals the predicted label, and what the
+prompts held.
 """
 
 from __future__ import annotations
@@ -77,7 +79,8 @@ def compare_table(runs: Mapping[str, Mapping]) -> str:
     if any("dominance" in _va_dimensions(r["systems"]) for r in runs.values()):  # a VAD head
         dims.append("dominance")
     header = ["run", "system", "UA %", "WA %", "macro-F1 %", "speakers UAR ≥ .5", *[f"CCC {d}" for d in dims],
-              "rationale pass %", "stated = predicted %", "prompt"]
+              "rationale pass %", "clip-specific grounding",
+              "stated = predicted %", "prompt"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
 
     def row(run: str, system: str, result: Mapping) -> str:
@@ -95,7 +98,8 @@ def compare_table(runs: Mapping[str, Mapping]) -> str:
         prompt = (result.get("prompt") or {}).get(system)
         cells = [run, system, folded("ua"), folded("wa"), folded("macro_f1"),
                  "–" if share is None else f"{round(share * spk['speakers'])}/{spk['speakers']}", *ccc,
-                 _pct(_get(pooled, "rationales.pass_rate")), _pct(_get(pooled, "rationales.emotion_match_rate")),
+                 _pct(_get(pooled, "rationales.pass_rate")), _dec(_get(pooled, "rationales.clip_specific_grounding")),
+                 _pct(_get(pooled, "rationales.emotion_match_rate")),
                  _describe_prompt(prompt)]
         return "| " + " | ".join(cells) + " |"
 

@@ -1,7 +1,7 @@
 """Recipes: YAML files loaded into typed dataclasses.
 
 A recipe has these sections: ``model``, ``lora``, ``heads``, ``data``, ``prompt``, ``augment``,
-``train`` and ``eval``. Every field has help text, which ``emoreason train --help`` prints. Loading is strict:
+``train``, ``eval`` and ``grpo`` (the reinforcement stage after training, ``emoreason grpo``). Every field has help text, which ``emoreason train --help`` prints. Loading is strict:
 
 * an unknown key is an error that names the key and the closest valid one;
 * ``section.field=value`` overrides from the command line win over the file (the value
@@ -27,6 +27,7 @@ from typing import Any
 import yaml
 
 from reasoning.errors import RecipeError
+from reasoning.rewards import check_weights
 
 RECIPE_NAME = "recipe.yaml"
 TASKS = ("asr", "emotion", "va", "rationale")
@@ -41,6 +42,10 @@ LAYER_TARGETS = ("emotion", "valence", "arousal")
 # `heads.dimensions`: what the VA head predicts, in this order (a VAD head adds dominance).
 HEAD_DIMENSIONS = (["valence", "arousal"], ["valence", "arousal", "dominance"])
 # augment.<key>: (lowest, highest) allowed value, and the unit for messages.
+# grpo.loss_type: the losses of TRL's GRPOTrainer that normalise per sequence or per token
+# (the others need TRL's generation batch bookkeeping).
+GRPO_LOSSES = ("grpo", "bnpo", "dr_grpo")
+GRPO_SCALES = ("group", "batch", "none")
 AUGMENT_RANGES = {"speed": (0.5, 2.0, "x"), "tempo": (0.5, 2.0, "x"), "pitch": (-12.0, 12.0, "semitones"),
                   "snr_db": (-10.0, 80.0, "dB"), "gain_db": (-40.0, 40.0, "dB")}
 
@@ -80,6 +85,7 @@ class ParalinguisticConfig:
     num_tokens: int = _f(10, "Paralinguistic tokens per clip given to the LLM.")
     freeze: bool = _f(True, "Keep the SSL model frozen (its layer weights and projector still train).")
     hidden_size: int = _f(128, "Width of the trainable encoder over openSMILE descriptors (kind: opensmile).")
+    cache_mb: float = _f(256.0, "kind: opensmile: memory for the descriptors of clips already seen (about 10 kB per second of audio), per process; the least recently used are dropped beyond it (an augmented clip is a new clip every epoch); 0: none kept.")
 
     def __post_init__(self) -> None:
         if self.kind not in ("ssl", "opensmile", "none"):
@@ -94,6 +100,8 @@ class ParalinguisticConfig:
                               f"{', '.join(LAYER_TARGETS)}.")
         if self.auto_max_clips < 2:
             raise RecipeError("model.paralinguistic.auto_max_clips must be at least 2.")
+        if self.cache_mb < 0:
+            raise RecipeError("model.paralinguistic.cache_mb must be 0 (no cache) or more.")
 
 
 @dataclass
@@ -172,6 +180,9 @@ class DataConfig:
     batch_size: int = _f(8, "Examples per batch and process.")
     group_by_length: bool = _f(True, "Batch clips of similar duration together (shuffled within chunks of 50 batches) so that little is padded.")
     balance: str = _f("none", "Emotion task, each epoch: `undersample` every label to the rarest one's count; `weighted`: draw examples with replacement, weighted by inverse label frequency; `none`.")
+    num_workers: int = _f(0, "DataLoader worker processes per training process that read, augment and collate the next batches while the model trains (0: in the training process, between steps). Each worker holds its own `audio_cache_mb`.")
+    prefetch_factor: int = _f(2, "Batches each worker prepares ahead (with num_workers > 0).")
+    audio_cache_mb: float = _f(512.0, "Memory for decoded clips per process (and per DataLoader worker): the least recently used clips are dropped beyond it, so a large corpus is read from disk again instead of filling memory; 0: no clip is kept.")
 
     def __post_init__(self) -> None:
         unknown = set(self.tasks) - set(TASKS)
@@ -197,6 +208,12 @@ class DataConfig:
             raise RecipeError(f"data.balance: {self.balance!r} is not one of none, undersample, weighted.")
         if self.batch_size < 1:
             raise RecipeError("data.batch_size must be at least 1.")
+        if self.num_workers < 0:
+            raise RecipeError("data.num_workers must be 0 (no worker processes) or more.")
+        if self.prefetch_factor < 1:
+            raise RecipeError("data.prefetch_factor must be at least 1.")
+        if self.audio_cache_mb < 0:
+            raise RecipeError("data.audio_cache_mb must be 0 (no cache) or more.")
 
 
 @dataclass
@@ -289,6 +306,42 @@ class EvalConfig:
 
 
 @dataclass
+class GrpoConfig:
+    checkpoint: str | None = _f(None, "The supervised checkpoint (or run folder: its latest) GRPO starts from and whose model it refines; null: train.output_dir. `emoreason grpo --checkpoint` overrides it.")
+    output_dir: str = _f("runs/grpo", "Run folder of the GRPO stage: resolved recipe, losses.jsonl (rewards, KL, lengths per step), rewards.png, the checkpoint.")
+    rewards: dict = _f({"label": 1.0, "grounding": 1.0, "format": 0.5}, "Reward name -> weight; the reward of a completion is the weighted sum. Names: label, votes, grounding, format (reasoning/rewards.py says what each scores). `grounding` needs measured evidence on every training row (`emoreason evidence`).")
+    clips_per_step: int = _f(4, "Clips per optimizer step; each gets `num_generations` completions.")
+    num_generations: int = _f(4, "Completions sampled per clip: the group whose rewards give each other's advantages (TRL's num_generations).")
+    max_steps: int = _f(100, "Optimizer steps of the GRPO stage.")
+    lr: float = _f(1.0e-5, "Learning rate of the LoRA adapter (constant; nothing else trains).")
+    max_grad_norm: float = _f(1.0, "Gradient clipping norm (0 = off).")
+    beta: float = _f(0.04, "Weight of the KL term to the starting policy (TRL's beta; 0: no reference pass).")
+    epsilon: float = _f(0.2, "Lower clipping range of the importance ratio (TRL's epsilon).")
+    epsilon_high: float | None = _f(None, "Upper clipping range (TRL's epsilon_high); null: `epsilon`.")
+    loss_type: str = _f("grpo", "How per-token losses are averaged, as TRL's loss_type: `grpo` (per sequence, then over sequences), `bnpo` (over all tokens of the batch), `dr_grpo` (over batch size x max_completion_tokens).")
+    scale_rewards: str = _f("group", "Advantages are reward - group mean, divided by the std of the `group`, of the `batch`, or `none` (TRL's scale_rewards). A group whose rewards are all equal has advantage 0.")
+    temperature: float = _f(1.0, "Sampling temperature of the completions; their log-probabilities are taken at the same temperature, as TRL does.")
+    max_completion_tokens: int = _f(48, "Length limit of a completion (TRL's max_completion_length); one cut there earns no `format` reward.")
+    iterations: int = _f(1, "Optimizer steps on each sampled batch (TRL's num_iterations); above 1 the importance ratio to the sampling policy departs from 1 and the clipping acts.")
+    seed: int = _f(0, "Seed of the clip order and of the sampling.")
+    benchmark: bool = _f(False, "`emoreason benchmark`: refine each fold's supervised model (train.output_dir/<fold>, trained first when not there) with GRPO into grpo.output_dir/<fold>, and evaluate those, into grpo.output_dir/eval.")
+
+    def __post_init__(self) -> None:
+        check_weights(self.rewards)
+        if self.loss_type not in GRPO_LOSSES:
+            raise RecipeError(f"grpo.loss_type: {self.loss_type!r} is not one of {', '.join(GRPO_LOSSES)}.")
+        if self.scale_rewards not in GRPO_SCALES:
+            raise RecipeError(f"grpo.scale_rewards: {self.scale_rewards!r} is not one of {', '.join(GRPO_SCALES)}.")
+        if self.num_generations < 2:
+            raise RecipeError("grpo.num_generations must be at least 2: advantages compare the completions of a clip.")
+        for name in ("clips_per_step", "max_steps", "max_completion_tokens", "iterations"):
+            if getattr(self, name) < 1:
+                raise RecipeError(f"grpo.{name} must be at least 1.")
+        if self.temperature <= 0:
+            raise RecipeError("grpo.temperature must be above 0 (GRPO samples its completions).")
+
+
+@dataclass
 class Recipe:
     model: ModelConfig = _f(None, "Encoders, LLM and fusion.")
     lora: LoraConfig = _f(None, "LoRA adapter of the LLM.")
@@ -298,6 +351,7 @@ class Recipe:
     augment: AugmentConfig = _f(None, "Audio augmentation of training examples.")
     train: TrainConfig = _f(None, "Optimisation and checkpoints.")
     eval: EvalConfig = _f(None, "Benchmark protocol and baselines.")
+    grpo: GrpoConfig = _f(None, "The GRPO stage after supervised training (`emoreason grpo`).")
 
     def __post_init__(self) -> None:
         if "emotion" in self.data.tasks and not self.data.labels and self.eval.protocol is None:
@@ -327,7 +381,8 @@ class Recipe:
 
 # Sections whose fields are themselves dataclasses, for building from nested maps.
 _NESTED = {Recipe: {"model": ModelConfig, "lora": LoraConfig, "heads": HeadsConfig, "data": DataConfig,
-                    "prompt": PromptConfig, "augment": AugmentConfig, "train": TrainConfig, "eval": EvalConfig},
+                    "prompt": PromptConfig, "augment": AugmentConfig, "train": TrainConfig, "eval": EvalConfig,
+                    "grpo": GrpoConfig},
            ModelConfig: {"speech": SpeechEncoderConfig, "paralinguistic": ParalinguisticConfig,
                          "llm": LLMConfig}}
 

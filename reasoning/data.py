@@ -3,7 +3,8 @@
 Task alternation lives here, not in the training loop: :class:`TaskSchedule` turns the
 manifest rows usable by each task into an ordered list of single-task batches per epoch,
 as a pure function of ``(seed, epoch)``. A resumed run therefore rebuilds the same plan
-and skips the batches it has done.
+and skips the batches it has done. :func:`schedule_loader` serves a plan through a
+``torch.utils.data.DataLoader`` (workers, prefetch) whose batch sampler replays it.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 
 from reasoning.audio import SAMPLE_RATE, load_audio
+from reasoning.cache import LRUCache
 from reasoning.manifest import DIMENSIONS
 from reasoning.prepare.splits import balanced_subset, example_weights
 from reasoning.rationales.template import describe_cues
@@ -160,20 +162,18 @@ def cut_clip(wave: np.ndarray, max_seconds: float | None, name: str) -> np.ndarr
 
 
 class AudioCache:
-    """Decoded clips, kept in memory after the first read (the bundled and test sets are
-    small; a large corpus should use the encoder-output cache instead)."""
+    """Decoded clips, kept in memory up to ``max_mb`` (``data.audio_cache_mb``) and read
+    from disk again once dropped as the least recently used; ``max_mb`` 0 keeps none."""
 
-    def __init__(self, keep: bool = True):
-        self.keep = keep
-        self._waves: dict[tuple, np.ndarray] = {}
+    def __init__(self, max_mb: float = 512.0):
+        self.clips = LRUCache(int(max_mb * 2**20))
 
     def __call__(self, row: dict) -> np.ndarray:
         key = (row["audio"], row.get("start"), row.get("end"))
-        wave = self._waves.get(key)
+        wave = self.clips.get(key)
         if wave is None:
             wave = load_audio(row["audio"], row.get("start"), row.get("end"))
-            if self.keep:
-                self._waves[key] = wave
+            self.clips.put(key, wave)
         return wave
 
 
@@ -192,6 +192,9 @@ class Collator:
 
     ``dimensions`` (the recipe's ``heads.dimensions``) are the columns of ``batch["va"]``,
     (B, D), NaN where a row has no value.
+
+    ``descriptors`` (the openSMILE encoder's, with DataLoader workers): computed for each
+    clip where the batch is collated, as ``batch["descriptors"]`` (frames, 25) arrays.
     """
 
     builder: PromptBuilder
@@ -204,6 +207,7 @@ class Collator:
     max_seconds: float | None = None
     dimensions: tuple[str, ...] = VA_DIMENSIONS
     evidence: str = "none"
+    descriptors: Callable[[np.ndarray], np.ndarray] | None = None
 
     def cues(self, row: dict, task: str) -> str | None:
         """The measured cues in words that ``task``'s prompt for ``row`` carries (``prompt.evidence``)."""
@@ -244,6 +248,12 @@ class Collator:
             wave = self.augment(wave, f"{epoch}:{row['id']}")
         return cut_clip(wave, self.max_seconds, row["audio"])
 
+    def collate_items(self, items: list[tuple[str, int, dict]]) -> dict:
+        """The training batch of ``(task, epoch, row)`` items of one task and epoch, as
+        :class:`RowDataset` gives them to the DataLoader's ``collate_fn``."""
+        task, epoch = items[0][0], items[0][1]
+        return self([row for _, _, row in items], task, epoch=epoch)
+
     def __call__(self, rows: list[dict], task: str, contexts: list[dict] | None = None,
                  epoch: int | None = None) -> dict:
         b = self.builder
@@ -263,6 +273,8 @@ class Collator:
             "gender": torch.tensor([{"f": 0, "m": 1}.get(r.get("gender"), -1) for r in rows]),
             **self.prompt_batch(task, contexts),
         }
+        if self.descriptors is not None:
+            batch["descriptors"] = [self.descriptors(w.numpy()) for w in waves]
         texts = [task_target(task, r, b.labels, self.dimensions) or "" for r in rows]
         if task == "rationale":
             texts = [order_rationale(t, r.get("emotion") or "", self.rationale_order) if t else t
@@ -287,8 +299,9 @@ class Collator:
 
 
 def to_device(batch: dict, device) -> dict:
-    """``batch`` with its tensors on ``device`` (the rest as it is)."""
-    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+    """``batch`` with its tensors on ``device`` (the rest as it is); a copy from pinned
+    memory (the training DataLoader's, on a GPU) does not wait for the device."""
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
 def _number(value) -> float:
@@ -401,3 +414,60 @@ class TaskSchedule:
     @staticmethod
     def shard(indices: list[int], rank: int, world_size: int) -> list[int]:
         return indices[rank::world_size]
+
+
+class ScheduleBatchSampler(torch.utils.data.Sampler):
+    """A DataLoader batch sampler that replays one epoch of a :class:`TaskSchedule` plan.
+
+    It yields, for each planned batch from ``start`` on, this process's share of it
+    (``TaskSchedule.shard``) as ``[(task, epoch, row index), ...]``. The plan is a pure
+    function of (seed, epoch), so a resumed run, whose ``start`` is the batch it stopped
+    at, reads the very batches that the uninterrupted run read.
+    """
+
+    def __init__(self, plan: list[tuple[str, list[int]]], epoch: int, start: int = 0,
+                 rank: int = 0, world_size: int = 1):
+        self.plan, self.epoch, self.start = plan, epoch, start
+        self.rank, self.world_size = rank, world_size
+
+    def __len__(self) -> int:
+        return max(len(self.plan) - self.start, 0)
+
+    def __iter__(self):
+        for task, indices in self.plan[self.start:]:
+            yield [(task, self.epoch, i) for i in TaskSchedule.shard(indices, self.rank, self.world_size)]
+
+
+class RowDataset(torch.utils.data.Dataset):
+    """Manifest rows looked up by the keys :class:`ScheduleBatchSampler` yields: item
+    ``(task, epoch, i)`` is ``(task, epoch, rows[i])``, so that the collate step knows
+    which task and epoch (for augmentation) its rows are for."""
+
+    def __init__(self, rows: list[dict]):
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, key: tuple[str, int, int]) -> tuple[str, int, dict]:
+        task, epoch, i = key
+        return task, epoch, self.rows[i]
+
+
+def schedule_loader(rows: list[dict], plan: list[tuple[str, list[int]]], collate: Collator, epoch: int,
+                    start: int = 0, rank: int = 0, world_size: int = 1, num_workers: int = 0,
+                    prefetch_factor: int = 2, pin_memory: bool = False) -> torch.utils.data.DataLoader:
+    """A DataLoader over this process's batches of ``plan`` (epoch ``epoch``) from batch
+    ``start``: ``num_workers`` processes decode, augment and collate ``prefetch_factor``
+    batches each ahead of the training step (0: in this process, when asked).
+
+    The loader draws its workers' seeds from a generator of its own, never from the global
+    torch random state: that state drives dropout, and a resumed run would draw it at a
+    different step. Nothing in collation is random besides augmentation, which is seeded by
+    (epoch, utterance id), so the batches do not depend on the workers either.
+    """
+    workers = dict(num_workers=num_workers, prefetch_factor=prefetch_factor) if num_workers > 0 else {}
+    return torch.utils.data.DataLoader(
+        RowDataset(rows), batch_sampler=ScheduleBatchSampler(plan, epoch, start, rank, world_size),
+        collate_fn=collate.collate_items, pin_memory=pin_memory,
+        generator=torch.Generator().manual_seed(epoch), **workers)

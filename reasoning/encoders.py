@@ -17,11 +17,31 @@ from torch import nn
 from transformers import WhisperFeatureExtractor
 
 from reasoning.audio import SAMPLE_RATE
+from reasoning.cache import LRUCache
 
 WHISPER_HOP = 160            # samples per mel frame (10 ms)
 WHISPER_WINDOW_FRAMES = 3000  # 30 s of mel frames
 WHISPER_WINDOW_SAMPLES = WHISPER_WINDOW_FRAMES * WHISPER_HOP
 WHISPER_N_FFT = 400          # STFT window (25 ms)
+
+
+def log_mel(waves: torch.Tensor, filters: torch.Tensor, n_fft: int = WHISPER_N_FFT,
+            hop: int = WHISPER_HOP) -> torch.Tensor:
+    """Whisper's log-mel spectrogram of zero-padded ``waves`` (B, S), computed on their own
+    device, as transformers' ``WhisperFeatureExtractor`` computes it on the CPU: a
+    Hann-windowed STFT, power, ``filters`` (n_fft // 2 + 1, n_mels), log10 floored at 8 below
+    each clip's peak, then scaled. Returns (B, n_mels, S // hop) float32.
+
+    Autocast is off: a bfloat16 filter product moves the features by about 1e-2.
+    """
+    with torch.autocast(waves.device.type, enabled=False):
+        window = torch.hann_window(n_fft, device=waves.device)
+        stft = torch.stft(waves.float(), n_fft, hop, window=window, return_complex=True)
+        power = stft[..., :-1].abs() ** 2  # the last frame is past the end, as in Whisper
+        spec = filters.to(waves.device, torch.float32).T @ power
+        spec = spec.clamp(min=1e-10).log10()
+        spec = torch.maximum(spec, spec.amax(dim=(1, 2), keepdim=True) - 8.0)
+        return (spec + 4.0) / 4.0
 
 
 class WhisperSpeechEncoder(nn.Module):
@@ -50,20 +70,21 @@ class WhisperSpeechEncoder(nn.Module):
         self.hidden_size = encoder.config.d_model
 
     def mel(self, waves: torch.Tensor, wave_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Log-mel features (B, n_mels, F) and valid frame counts (B,)."""
-        arrays = [w[: int(n)].cpu().numpy() for w, n in zip(waves, wave_lengths)]
-        longest = max(len(a) for a in arrays)
+        """Log-mel features (B, n_mels, F) and valid frame counts (B,), computed on the
+        device of ``waves`` (the training GPU: no copy to the CPU and back)."""
+        longest = int(wave_lengths.max())
         # trim: at least half an STFT window of zeros after every clip, so that its last frames
         # are computed from zeros whether it is alone or beside a longer clip.
         window = WHISPER_WINDOW_SAMPLES
         target = window if self.mel_policy == "pad30" else min(longest + WHISPER_N_FFT // 2, window)
         # Round up to an even number of frames so the stride-2 convolution sees whole pairs.
         target = -(-target // (2 * WHISPER_HOP)) * 2 * WHISPER_HOP
-        feats = self.feature_extractor(arrays, sampling_rate=SAMPLE_RATE, padding="max_length",
-                                       max_length=target, return_tensors="pt",
-                                       return_attention_mask=False)["input_features"]
-        frames = torch.as_tensor([-(-len(a) // WHISPER_HOP) for a in arrays])
-        return feats[..., : target // WHISPER_HOP], frames
+        lengths = wave_lengths.to(waves.device)
+        real = torch.arange(waves.shape[1], device=waves.device)[None, :] < lengths[:, None]
+        waves = nn.functional.pad(waves * real, (0, max(target - waves.shape[1], 0)))[:, :target]
+        fe = self.feature_extractor
+        feats = log_mel(waves, torch.from_numpy(fe.mel_filters), fe.n_fft, fe.hop_length)
+        return feats, (lengths + WHISPER_HOP - 1) // WHISPER_HOP
 
     def hidden_states(self, waves: torch.Tensor, wave_lengths: torch.Tensor,
                       upto: int | None = None) -> tuple[list[torch.Tensor], torch.Tensor]:
@@ -182,14 +203,14 @@ class OpenSmileEncoder(nn.Module):
     input batch norm learns their very different scales.
     """
 
-    def __init__(self, hidden_size: int = 128):
+    def __init__(self, hidden_size: int = 128, cache_mb: float = 256.0):
         super().__init__()
         import opensmile  # imported here: it loads a native library
 
         self.smile = opensmile.Smile(feature_set=opensmile.FeatureSet.eGeMAPSv02,
                                      feature_level=opensmile.FeatureLevel.LowLevelDescriptors)
         n_features = len(self.smile.feature_names)
-        self._cache: dict[bytes, np.ndarray] = {}
+        self._cache = LRUCache(int(cache_mb * 2**20))
         self.hidden_size = hidden_size
         self.norm = nn.BatchNorm1d(n_features)
         self.net = nn.Sequential(
@@ -201,14 +222,24 @@ class OpenSmileEncoder(nn.Module):
         """(frames, 25) low-level descriptors of one clip.
 
         They depend on the samples alone, so they are computed once per distinct clip and
-        kept in memory (about 10 kB per second of audio), keyed by a hash of the samples.
+        kept in memory (about 10 kB per second of audio, up to ``cache_mb``), keyed by a
+        hash of the samples.
         """
-        key = hashlib.blake2b(np.ascontiguousarray(wave).tobytes(), digest_size=16).digest()
+        key = self._key(wave)
         lld = self._cache.get(key)
         if lld is None:
             lld = np.nan_to_num(self.smile.process_signal(wave, SAMPLE_RATE).to_numpy(dtype=np.float32))
-            self._cache[key] = lld
+            self._cache.put(key, lld)
         return lld
+
+    def remember(self, wave: np.ndarray, lld: np.ndarray) -> None:
+        """Keep descriptors computed elsewhere (in a DataLoader worker, by a copy of this
+        encoder) for ``wave``, so that the training step finds them instead of computing them."""
+        self._cache.put(self._key(wave), lld)
+
+    @staticmethod
+    def _key(wave: np.ndarray) -> bytes:
+        return hashlib.blake2b(np.ascontiguousarray(wave, dtype=np.float32).tobytes(), digest_size=16).digest()
 
     def forward(self, waves: torch.Tensor, wave_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         llds = [torch.from_numpy(self.descriptors(w[: int(n)].cpu().numpy()))

@@ -47,7 +47,7 @@ class Explainer:
         self.builder = PromptBuilder(self.tokenizer, self.labels, self.model.num_audio_tokens,
                                      self.recipe.prompt.system)
         # Clips are read once each; no need to keep them. Never augmented: no epoch is passed.
-        self.collate = Collator(self.builder, AudioCache(keep=False), self.prompt.transcript,
+        self.collate = Collator(self.builder, AudioCache(max_mb=0), self.prompt.transcript,
                                 self.prompt.two_step, self.prompt.rationale_order,
                                 max_seconds=self.recipe.model.speech.max_seconds,
                                 dimensions=tuple(self.recipe.heads.dimensions), evidence=self.prompt.evidence)
@@ -222,16 +222,46 @@ def prediction_dict(labels: list[str], preds: list[dict], prompt: dict | None = 
     return out
 
 
+def other_clips(rows: list[dict]) -> list[int | None]:
+    """For each row, another clip of the same speaker whose evidence its rationale is also
+    checked against (clip-specific grounding): the next one by id, cyclically, with measured
+    evidence and another gold label, else with the same label; None when the speaker has no
+    other clip with evidence. Deterministic: it depends on the rows' ids only."""
+    from reasoning.rewards import has_evidence
+
+    by_speaker: dict = {}
+    for i in sorted(range(len(rows)), key=lambda i: str(rows[i]["id"])):
+        if has_evidence(rows[i]):
+            by_speaker.setdefault((rows[i].get("dataset"), rows[i].get("speaker")), []).append(i)
+    out: list[int | None] = []
+    for i, row in enumerate(rows):
+        clips = by_speaker.get((row.get("dataset"), row.get("speaker")), [])
+        after = sorted((j for j in clips if j != i), key=lambda j: (str(rows[j]["id"]) <= str(row["id"]),
+                                                                    str(rows[j]["id"])))
+        other = [j for j in after if rows[j].get("emotion") != row.get("emotion")] + after
+        out.append(other[0] if other and row.get("speaker") is not None else None)
+    return out
+
+
 def verify_rationales(pred: dict, rows: list[dict]) -> dict:
     """Check each generated rationale against its row's measured evidence, gold label and
-    transcript (rows without evidence or label stay unverified)."""
+    transcript (rows without evidence or label stay unverified), and, for clip-specific
+    grounding, against the evidence of another clip of the same speaker (:func:`other_clips`;
+    the same gold label and transcript, so only the measured cues differ): each record gets
+    the verdict fields (:func:`reasoning.rationales.verify.verdict_fields`), ``passed_other_clip``
+    (None without such a clip) and ``other_clip``."""
     from reasoning.rationales.verify import verdict_fields, verify
+    from reasoning.rewards import has_evidence
 
-    for rec, row in zip(pred["rationales"] or [], rows):
-        ev = row.get("evidence")
-        if rec["text"] and isinstance(ev, dict) and not ev.get("error") and row.get("emotion"):
-            v = verify(label_first(rec["text"], pred["label_set"]), ev, row["emotion"], row.get("transcript"))
-            rec.update(verdict_fields(v))
+    others = other_clips(rows)
+    for rec, row, other in zip(pred["rationales"] or [], rows, others):
+        if rec["text"] and has_evidence(row) and row.get("emotion"):
+            text = label_first(rec["text"], pred["label_set"])
+            v = verify(text, row["evidence"], row["emotion"], row.get("transcript"))
+            rec.update(verdict_fields(v), passed_other_clip=None, other_clip=None)
+            if other is not None:
+                o = verify(text, rows[other]["evidence"], row["emotion"], row.get("transcript"))
+                rec.update(passed_other_clip=o.passed, other_clip=rows[other]["id"])
     return pred
 
 

@@ -52,8 +52,8 @@ from torch.utils._pytree import tree_flatten
 from torch.utils.weak import WeakIdKeyDictionary
 
 from reasoning.audio import SAMPLE_RATE
-from reasoning.builders import (DTYPES, _config_dict, add_lora, assemble, build_paralinguistic_encoder,
-                                build_speech_encoder, enable_checkpointing)
+from reasoning.builders import (DTYPES, _config_dict, _load_dtype, add_lora, assemble,
+                                build_paralinguistic_encoder, build_speech_encoder, enable_checkpointing)
 from reasoning.config import Recipe, load_recipe
 from reasoning.encoders import WHISPER_HOP, WHISPER_WINDOW_FRAMES
 from reasoning.errors import UserError
@@ -107,14 +107,6 @@ def resolve_config(path: str | None, config, where: str) -> dict:
             f"{where}.path: no config for {path!r}: it is not a local folder with config.json, "
             f"not stored at {stored}, and not in the Hugging Face cache. Save its config.json "
             f"there (the config only, no weights) or set {where}.path to a local folder.") from err
-
-
-def _load_dtype(cfg) -> torch.dtype:
-    """The dtype ``from_pretrained`` loads a part in by default: its config's, else fp32."""
-    dtype = getattr(cfg, "dtype", None)
-    if isinstance(dtype, str):
-        dtype = getattr(torch, dtype)
-    return dtype or torch.float32
 
 
 def local_tokenizer(recipe: Recipe):
@@ -381,7 +373,8 @@ def _batch(task: str, lengths: Lengths, recipe: Recipe) -> dict:
 
 
 def _fake_mel(encoder, batch_size: int, samples: int):
-    """Whisper's log-mel features are computed with numpy; the trace needs only their shape."""
+    """Whisper's log-mel features read the clips' lengths (values a fake trace has not); the trace
+    needs only their shape."""
     if encoder.mel_policy == "pad30":
         frames_total = WHISPER_WINDOW_FRAMES
     else:
@@ -609,10 +602,14 @@ def estimate_memory(recipe: Recipe, clip_seconds: float | None = None, prompt_to
         results.append(VariantEstimate(name, weights, grads, 2 * grads, peaks.get(heaviest, 0), heaviest,
                                        peaks, failed))
         log.debug("%s: %s", name, results[-1])
-    llm = recipe.model.llm
-    current = ("QLoRA" if llm.quantization == "4bit" else "LoRA") + ("+ckpt" if llm.gradient_checkpointing else "")
     return MemoryEstimate(recipe_name, _part_names(recipe), params, lengths, recipe.train.mixed_precision,
-                          current, results)
+                          recipe_variant(recipe), results)
+
+
+def recipe_variant(recipe: Recipe) -> str:
+    """The name, among :data:`VARIANTS`, of the recipe's own setting (e.g. ``QLoRA+ckpt``)."""
+    llm = recipe.model.llm
+    return ("QLoRA" if llm.quantization == "4bit" else "LoRA") + ("+ckpt" if llm.gradient_checkpointing else "")
 
 
 def _count(n: int) -> str:

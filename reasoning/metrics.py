@@ -320,14 +320,20 @@ def rationale_metrics(records: Sequence[dict | None],
       :func:`reasoning.rationales.verify.verdict_fields` (read by ``read_verdict``);
     * ``emotion`` (str, optional): the emotion the rationale states.
 
+    * ``passed_other_clip`` (bool or None, optional): the same rationale checked against the
+      evidence of another clip of the same speaker (:func:`reasoning.explain.verify_rationales`).
+
     Returns rates over the records that have the needed field (``n_verified``,
     ``n_stated``), and cues per rationale = distinct ``cue`` names among its claims,
-    averaged over records with a ``claims`` list.
+    averaged over records with a ``claims`` list. ``clip_specific_grounding`` is the pass
+    rate against the clip's own evidence minus the pass rate against the other clip's, over
+    the ``n_other_clip`` records checked both ways: 0 for rationales that fit any clip.
     """
     if predicted_labels is not None and len(predicted_labels) != len(records):
         raise ValueError(f"{len(records)} rationale records but {len(predicted_labels)} "
                          "predicted labels.")
     passed, match, cues, claims_total, claims_supported = [], [], [], 0, 0
+    pairs: list[tuple[bool, bool]] = []  # (passed on its own clip, passed on the other clip)
     n_with = 0
     for i, rec in enumerate(records):
         if not rec:
@@ -339,6 +345,8 @@ def rationale_metrics(records: Sequence[dict | None],
         p, claims = read_verdict(rec, f"rationale record {i}")
         if p is not None:
             passed.append(p)
+        if p is not None and rec.get("passed_other_clip") is not None:
+            pairs.append((p, bool(rec["passed_other_clip"])))
         stated = rec.get("emotion")
         if stated is not None and predicted_labels is not None:
             match.append(str(stated).strip().lower() == str(predicted_labels[i]).strip().lower())
@@ -353,4 +361,7 @@ def rationale_metrics(records: Sequence[dict | None],
         "n_stated": len(match), "emotion_match_rate": float(np.mean(match)) if match else None,
         "n_with_claims": len(cues), "cues_per_rationale": float(np.mean(cues)) if cues else None,
         "supported_claim_rate": claims_supported / claims_total if claims_total else None,
+        "n_other_clip": len(pairs),
+        "other_clip_pass_rate": float(np.mean([o for _, o in pairs])) if pairs else None,
+        "clip_specific_grounding": float(np.mean([s - o for s, o in pairs])) if pairs else None,
     }

@@ -89,7 +89,7 @@ def extract_probe_features(rows: Sequence[Mapping], encoder: WhisperSpeechEncode
     are cut to their start, as in training (``model.speech.max_seconds``).
     """
     encoder.eval()
-    audio = AudioCache(keep=False)
+    audio = AudioCache(max_mb=0)
     feats: dict[str, np.ndarray] = {}
     failed: dict[str, str] = {}
     encoded = 0

@@ -125,9 +125,10 @@ def _va_dimensions(systems: Mapping) -> list[str]:
 
 
 def _system_rows(systems: Mapping, scores: Mapping[str, Mapping], folded: bool,
-                 dims: Sequence[str]) -> list[str]:
+                 dims: Sequence[str], rationales: bool = False) -> list[str]:
     """One table line per system: classification columns from ``summary`` (mean ± std, when
-    ``folded``) or from ``scores[name]``, speaker shares and CCC always from ``scores[name]``."""
+    ``folded``) or from ``scores[name]``, speaker shares, CCC and (with ``rationales``) the
+    verifier's pass rate and clip-specific grounding always from ``scores[name]``."""
     cols = [("ua", _pct), ("wa", _pct), ("macro_f1", _pct), ("k_best.top1", _pct),
             ("k_best.top2", _pct), ("k_best.top3", _pct)]
     lines = []
@@ -149,6 +150,9 @@ def _system_rows(systems: Mapping, scores: Mapping[str, Mapping], folded: bool,
         for dim in dims:
             value = _get(metrics, f"va.{source}.{dim}.ccc") if source else None
             cells.append(_dec(value) + (f" ({source})" if value is not None else ""))
+        if rationales:
+            cells += [_pct(_get(metrics, "rationales.pass_rate")),
+                      _dec(_get(metrics, "rationales.clip_specific_grounding"))]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -169,6 +173,9 @@ def markdown_table(result: Mapping) -> str:
     dims = _va_dimensions(systems)
     header = ["system", "UA %", "WA %", "macro-F1 %", "top-1 %", "top-2 %", "top-3 %",
               "speakers UAR ≥ .75", "speakers UAR ≥ .5"] + [f"CCC {d}" for d in dims]
+    rationales = any(s["pooled"].get("rationales") for s in systems.values())
+    if rationales:  # clip-specific: pass rate on the clip's own evidence - on another clip's
+        header += ["rationale pass %", "clip-specific grounding"]
     head = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     separate = result["protocol"].get("folds") == "test-sets"
     if separate:
@@ -176,10 +183,10 @@ def markdown_table(result: Mapping) -> str:
         for fold in result.get("folds", []):
             scores = {name: sysres["per_fold"][fold["name"]] for name, sysres in systems.items()}
             lines += [f"### {fold['name']}: {fold['test']} test utterances", "", *head,
-                      *_system_rows(systems, scores, False, dims), ""]
+                      *_system_rows(systems, scores, False, dims, rationales), ""]
     else:
         lines = head + _system_rows(systems, {n: s["pooled"] for n, s in systems.items()},
-                                    folded, dims)
+                                    folded, dims, rationales)
     proto = result["protocol"]
     first = next(iter(systems.values()))["pooled"]
     notes = [
@@ -229,6 +236,32 @@ def _figure(width: float, height: float):
     fig = Figure(figsize=(width, height), dpi=110, layout="constrained")
     FigureCanvasAgg(fig)
     return fig
+
+
+def plot_reward_curves(history: Sequence[Mapping], path: str | Path, title: str = "GRPO") -> Path:
+    """The GRPO log (:mod:`reasoning.grpo`, one record per step) as curves: the mean of each
+    reward with its spread (± std over the step's completions) and the weighted total, above
+    the KL to the starting policy and the mean completion length."""
+    steps = [h["step"] for h in history]
+    names = sorted({k.split("/")[1] for h in history for k in h if k.startswith("rewards/") and k.endswith("/mean")})
+    fig = _figure(7.0, 6.0)
+    top, mid, low = fig.subplots(3, 1, sharex=True, height_ratios=[2, 1, 1])
+    for name in names:
+        mean = np.array([h[f"rewards/{name}/mean"] for h in history])
+        std = np.array([h[f"rewards/{name}/std"] for h in history])
+        (line,) = top.plot(steps, mean, label=name)
+        top.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.15)
+    top.plot(steps, [h["reward"] for h in history], color="black", linewidth=2, label="weighted total")
+    top.set_ylabel("reward (mean ± std)")
+    top.legend(fontsize=7, ncol=3)
+    top.set_title(title, fontsize=10)
+    mid.plot(steps, [h["kl"] for h in history], color="tab:red")
+    mid.set_ylabel("KL to start")
+    low.plot(steps, [h["completions/mean_length"] for h in history], color="tab:gray")
+    low.set_ylabel("tokens")
+    low.set_xlabel("step")
+    fig.savefig(path, bbox_inches="tight")
+    return Path(path)
 
 
 def plot_confusion(confusion: Sequence[Sequence[int]], labels: Sequence[str],

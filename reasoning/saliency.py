@@ -128,7 +128,7 @@ def select_layer(model: torch.nn.Module, rows: list[dict], target: str, max_clip
     if len(set(map(str, targets))) < 2:
         raise UserError(f"layer selection for {target}: every selected clip has the same value "
                         f"({targets[0]}); no layer can be told apart.")
-    audio = audio or AudioCache(keep=False)
+    audio = audio or AudioCache(max_mb=0)
     feats = layer_features(model, [audio(r) for r in usable], where=where)
     scores = saliency_scores(feats, targets, target)
     return {"target": target, "scores": [round(float(s), 6) for s in scores],

@@ -1,8 +1,10 @@
 """Training: ``accelerate launch -m reasoning.train --config recipes/X.yaml [key=value ...]``
 or ``emoreason train --config recipes/X.yaml``.
 
-One task per batch, in the order the seeded :class:`~reasoning.data.TaskSchedule` plans.
-The loop reads ``batch["task"]`` only to log the loss per task.
+One task per batch, in the order the seeded :class:`~reasoning.data.TaskSchedule` plans,
+read through a DataLoader that replays that plan (:func:`~reasoning.data.schedule_loader`;
+``data.num_workers`` prepare the next batches while the model trains). The loop reads
+``batch["task"]`` only to log the loss per task.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from reasoning.checkpoint import (checkpoint_dirs, load_trainable, load_training
 from reasoning.config import RECIPE_NAME, Recipe, describe_fields, load_recipe, save_recipe
 from reasoning.augment import build_augmenter
 from reasoning.data import (TRANSCRIPT_TASKS, VA_PROMPT_TASKS, AudioCache, Collator, PromptBuilder, TaskSchedule,
-                            task_target, to_device)
+                            schedule_loader, task_target, to_device)
 from reasoning.distributed import gather_rows, layer_classes
 from reasoning.errors import RecipeError, UserError
 from reasoning.files import remove_dir
@@ -162,12 +164,15 @@ class TrainRecipe:
                             "Check data.train_split against the manifest's `split` values.")
         self.rows = rows
         self.builder = PromptBuilder(self.tokenizer, d.labels, self.model.num_audio_tokens, r.prompt.system)
-        self.collate = Collator(self.builder, AudioCache(), r.prompt.transcript,
+        self.collate = Collator(self.builder, AudioCache(d.audio_cache_mb), r.prompt.transcript,
                                 r.prompt.two_step, r.prompt.rationale_order,
                                 augment=build_augmenter(r.augment, r.train.seed),
                                 # a cached encoder output belongs to the clip as recorded
                                 cached=bool(self.model.caches), max_seconds=r.model.speech.max_seconds,
                                 dimensions=tuple(r.heads.dimensions), evidence=r.prompt.evidence)
+        if r.model.paralinguistic.kind == "opensmile" and d.num_workers > 0:
+            # openSMILE runs on the CPU: in the workers, not between the training steps
+            self.collate.descriptors = self.model.paralinguistic_encoder.descriptors
         if self.collate.augment is not None and self.model.caches:
             log.warning("augmentation is off: model.encoder_cache holds the %s encoder outputs of the "
                         "unaugmented clips", " and ".join(self.model.caches))
@@ -279,6 +284,22 @@ class TrainRecipe:
         batch = self.collate([self.rows[i] for i in mine], task, epoch=epoch)
         return to_device(batch, self.accelerator.device)
 
+    def loader(self, epoch: int, start: int = 0) -> torch.utils.data.DataLoader:
+        """This process's batches of ``epoch`` from planned batch ``start`` on (on the CPU)."""
+        d = self.recipe.data
+        return schedule_loader(self.rows, self.plans[epoch], self.collate, epoch, start, self.rank, self.world,
+                               d.num_workers, d.prefetch_factor,
+                               pin_memory=self.accelerator.device.type == "cuda")
+
+    def _received(self, batch: dict) -> dict:
+        """A batch from the loader, on the device; openSMILE descriptors computed in the
+        workers go to the encoder, which then finds them instead of computing them."""
+        if "descriptors" in batch:
+            encoder = self.unwrapped.paralinguistic_encoder
+            for wave, n, lld in zip(batch["waves"], batch["wave_lengths"].tolist(), batch.pop("descriptors")):
+                encoder.remember(wave[:n].numpy(), lld)
+        return to_device(batch, self.accelerator.device)
+
     def _mask_frozen_parts(self, parts: list[str] | None) -> None:
         """`phased` schedule: parts outside this phase get no gradient, so AdamW leaves them
         (and their moments) untouched."""
@@ -310,12 +331,14 @@ class TrainRecipe:
         plan, parts = self.plans[epoch], self.schedule.phase(epoch)["train"]
         start = self.state["batch"] if epoch == self.state["epoch"] else 0
         running: dict[str, list[float]] = {}
+        batches = iter(self.loader(epoch, start))
         for i in range(start, len(plan), t.grad_accum):
             if self.state["step"] >= self.total_steps:
                 return False
             group = plan[i:i + t.grad_accum]
-            for j, (task, indices) in enumerate(group):
-                batch = self._batch(task, indices, epoch)
+            for j in range(len(group)):
+                batch = self._received(next(batches))
+                task = batch["task"]
                 sync = nullcontext() if j == len(group) - 1 else acc.no_sync(self.model)
                 with sync:
                     with acc.autocast():

@@ -23,6 +23,8 @@ def main() -> None:
     rank = trainer.rank
     save_file(trainable(trainer.unwrapped), out / f"init{rank}.safetensors")
     first = trainer.plans[0][0][1]
+    # the clips this rank's DataLoader (its workers, when data.num_workers > 0) gives it in epoch 0
+    (out / f"ids{rank}.json").write_text(json.dumps([b["ids"] for b in trainer.loader(0)]))
     trainer.train()
     save_file(trainable(trainer.unwrapped), out / f"rank{rank}.safetensors")
     if rank == 0:
@@ -30,6 +32,7 @@ def main() -> None:
         shares = [len(trainer.schedule.shard(first, r, trainer.world)) for r in range(trainer.world)]
         (out / "world.json").write_text(json.dumps({
             "world_size": trainer.world, "rows_per_rank": shares,
+            "plan_ids": [[trainer.rows[i]["id"] for i in idx] for _, idx in trainer.plans[0]],
             "wrapper": type(trainer.model).__name__,
             "weights_4bit": sum(type(p).__name__ == "Params4bit" for p in llm.parameters()),
             "checkpointing": llm.get_base_model().is_activation_checkpointing}))

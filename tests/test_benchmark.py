@@ -42,6 +42,26 @@ def test_benchmark_trains_every_fold_and_reports_beside_the_baselines(tmp_path, 
     assert main(["benchmark", str(recipe)]) == 0
     assert mtimes == {p: p.stat().st_mtime for p in run.glob("speaker-*/checkpoint-*/trainer_state.json")}
 
+    # GRPO on the same fold models (not trained again), evaluated apart, compared side by side.
+    refined = tmp_path / "grpo"
+    tree["grpo"] = {"benchmark": True, "output_dir": str(refined), "rewards": {"label": 1.0, "format": 1.0},
+                    "max_steps": 1, "clips_per_step": 2, "num_generations": 2, "max_completion_tokens": 4}
+    tree["eval"]["baselines"] = ["majority"]
+    recipe.write_text(yaml.safe_dump(tree))
+    assert main(["benchmark", str(recipe)]) == 0
+    assert mtimes == {p: p.stat().st_mtime for p in run.glob("speaker-*/checkpoint-*/trainer_state.json")}
+    for spk in speakers:
+        state = json.loads(next((refined / f"speaker-{spk}").glob("checkpoint-*/trainer_state.json")).read_text())
+        assert state["grpo_from"].startswith(str(run / f"speaker-{spk}" / "checkpoint-"))
+    grpo_metrics = json.loads((refined / "eval" / "metrics.json").read_text())
+    assert grpo_metrics["systems"]["model"]["pooled"]["n"] == 48
+    assert sorted(p.name for p in (refined / "eval" / "plots").glob("rewards_*.png")) == sorted(
+        f"rewards_speaker-{s}.png" for s in speakers)
+    capsys.readouterr()
+    assert main(["compare", f"sft={run}", f"grpo={refined}"]) == 0
+    table = capsys.readouterr().out
+    assert "clip-specific grounding" in table and "| sft | model |" in table and "| grpo | model |" in table
+
 
 @pytest.mark.slow
 def test_benchmark_on_two_processes_trains_every_fold(tmp_path):

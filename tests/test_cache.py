@@ -63,3 +63,38 @@ def test_trainable_encoders_are_not_cached(tmp_path, small_manifest):
     recipe = materialize(load_recipe(tree=tree), tmp_path)
     model, _ = build_model(recipe)
     assert set(model.caches) == {"speech"}
+
+
+def test_the_memory_cache_drops_the_least_recently_used_arrays_past_its_limit():
+    import numpy as np
+
+    from reasoning.cache import LRUCache
+
+    cache = LRUCache(max_bytes=3 * 400)
+    arrays = {k: np.full(100, i, dtype=np.float32) for i, k in enumerate("abcd")}  # 400 bytes each
+    for k in "abc":
+        cache.put(k, arrays[k])
+    assert cache.get("a") is arrays["a"]  # a is now the most recently used: b goes first
+    cache.put("d", arrays["d"])
+    assert (cache.get("b"), len(cache), cache.bytes, cache.evictions) == (None, 3, 1200, 1)
+    assert all(cache.get(k) is arrays[k] for k in "acd")
+    cache.put("big", np.zeros(400, dtype=np.float32))  # larger than the whole limit: not kept
+    assert cache.get("big") is None and len(cache) == 3
+    nothing = LRUCache(0)
+    nothing.put("a", arrays["a"])
+    assert nothing.get("a") is None and nothing.bytes == 0
+
+
+def test_a_bounded_clip_cache_evicts_and_trains_to_the_same_losses(tmp_path, small_manifest):
+    def train(cache_mb):
+        tree = tiny_recipe_tree(tmp_path / str(cache_mb), small_manifest, train={"epochs": 2, "lr": 1e-2},
+                                data={"audio_cache_mb": cache_mb, "tasks": {"emotion": 1.0, "va": 1.0}})
+        trainer = TrainRecipe(load_recipe(tree=tree))
+        trainer.setup()
+        return [h["loss"] for h in trainer.train()], trainer.collate.audio.clips
+
+    unbounded, everything = train(512)
+    bounded, few = train(0.2)  # about two of the eight 1-2 s clips
+    assert bounded == unbounded
+    assert everything.evictions == 0 and len(everything) == 8
+    assert few.evictions > 0 and few.bytes <= 0.2 * 2**20 and 0 < len(few) < 8

@@ -289,3 +289,30 @@ def test_va_loss_over_two_processes_is_the_loss_of_the_whole_batch(tmp_path):
         got = json.loads((tmp_path / f"ccc{rank}.json").read_text())
         assert got["split"] == pytest.approx(got["full"], rel=1e-6)
         assert got["grad_gap"] < 1e-5
+
+
+@pytest.mark.parametrize("n_mels", [80, 128])  # whisper-small and before; whisper-large-v3
+def test_the_mel_computed_on_the_waves_device_matches_whisper_numpy_mel(tiny, n_mels):
+    """The torch mel (``log_mel``, run wherever the batch is) against the feature extractor's
+    NumPy spectrogram, on a padded batch of real clips and noise, also under bf16 autocast."""
+    from transformers import WhisperFeatureExtractor
+
+    from reasoning.encoders import WhisperSpeechEncoder
+
+    model, _, _, collate, rows = tiny
+    fe = WhisperFeatureExtractor(feature_size=n_mels)
+    enc = WhisperSpeechEncoder(model.speech_encoder.encoder, fe)
+    clips = [collate.wave(r) for r in rows[:3]] + [np.random.default_rng(0).normal(0, 0.1, 12345).astype(np.float32)]
+    waves = torch.nn.utils.rnn.pad_sequence([torch.from_numpy(c) for c in clips], batch_first=True)
+    waves[3, len(clips[3]):] = 1.0  # what lies past a clip's end must not count
+    lengths = torch.tensor([len(c) for c in clips])
+    feats, frames = enc.mel(waves, lengths)
+    target = feats.shape[-1] * fe.hop_length
+    assert target % 320 == 0 and target >= int(lengths.max()) + 200
+    padded = np.stack([np.pad(c, (0, target - len(c))) for c in clips])
+    want = fe._np_extract_fbank_features(padded, "cpu")
+    assert feats.dtype == torch.float32 and feats.shape == want.shape == (4, n_mels, target // 160)
+    torch.testing.assert_close(feats, torch.from_numpy(want).float(), atol=2e-4, rtol=0)
+    assert frames.tolist() == [-(-len(c) // 160) for c in clips]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        torch.testing.assert_close(enc.mel(waves, lengths)[0], feats)

@@ -249,3 +249,16 @@ def test_cli_names_the_input_each_preparer_needs(tmp_path, capsys):
     assert main(["prepare", "hf", "--dataset", str(tmp_path / "t.csv"), "--out", str(tmp_path / "o")]) == 2
     assert "a file must be .parquet; for a CSV or JSONL table use `emoreason prepare generic" in \
         capsys.readouterr().err
+
+
+def test_a_dataset_whose_label_column_is_not_found_says_so(tmp_path, caplog):
+    """Columns named otherwise (here `emo`) gave 278 unlabelled EmoDB rows with no word of
+    why: the run warns and names --label-column and the unmapped columns."""
+    ds = audio_dataset({"emo": ["anger", "sadness"], "spk": ["03", "08"]},
+                       [{"bytes": wav_bytes(), "path": f"c{i}.wav"} for i in range(2)],
+                       {"emo": datasets.Value("string"), "spk": datasets.Value("string")})
+    ds.save_to_disk(str(tmp_path / "d"))
+    with caplog.at_level("WARNING", logger="reasoning.prepare.hf"):
+        result = prepare("hf", tmp_path / "d", tmp_path / "out", split="random")
+    assert [r["emotion"] for r in read_manifest(result.manifest)] == [None, None]
+    assert any("no label column" in m and "--label-column" in m and "emo" in m for m in caplog.messages), caplog.messages

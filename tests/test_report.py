@@ -66,7 +66,8 @@ def oracle_with_noise(fold, rows):
             "valence": [r["valence"] + rng.normal(0, 0.1) for r in rows],
             "arousal": [r["arousal"] + rng.normal(0, 0.1) for r in rows],
             "rationales": [{"text": "t", "writer": "template", "emotion": r["emotion"],
-                            "verdict": "pass" if i % 2 == 0 else "fail", "claims": [{"cue": "pitch"}]}
+                            "verdict": "pass" if i % 2 == 0 else "fail", "claims": [{"cue": "pitch"}],
+                            "passed_other_clip": i % 4 == 0}
                            for i, r in enumerate(rows)]}
 
 
@@ -85,6 +86,8 @@ def test_report_and_plots_render(tmp_path):
     model = data["systems"]["model"]
     assert set(model["pooled"]["va"]) == {"annotated", "derived"}
     assert model["pooled"]["rationales"]["pass_rate"] == pytest.approx(0.5)
+    # passes on its own clip half the time, on the other clip a quarter: 0.5 - 0.25
+    assert model["pooled"]["rationales"]["clip_specific_grounding"] == pytest.approx(0.25)
     assert model["summary"]["ua"]["folds"] == 4
     assert result["systems"]["tfidf"]["pooled"]["ua"] > result["systems"]["majority"][
         "pooled"]["ua"]
@@ -94,6 +97,8 @@ def test_report_and_plots_render(tmp_path):
     assert "UA %" in lines[0] and "CCC valence" in lines[0] and "speakers UAR ≥ .75" in lines[0]
     assert [ln.split("|")[1].strip() for ln in lines[2:]] == ["model", "majority", "tfidf"]
     assert "±" in lines[2] and "(annotated)" in lines[2]
+    assert lines[0].endswith("| rationale pass % | clip-specific grounding |")
+    assert lines[2].endswith("| 50.0 | 0.250 |") and lines[3].endswith("| – | – |")  # majority: none
 
     plots = {Path(p).name for p in result["report"]["plots"]}
     assert plots == {"confusion_model.png", "confusion_majority.png", "confusion_tfidf.png",
@@ -248,7 +253,8 @@ def test_compare_puts_runs_side_by_side_and_refuses_other_test_sets(tmp_path, ca
     plain = json.loads((tmp_path / "plain" / "eval" / "metrics.json").read_text())["systems"]["model"]
     ua = plain["summary"]["ua"]
     assert f"| plain | model | {100 * ua['mean']:.1f} ± {100 * ua['std']:.1f} |" in table
-    assert f"| {100 * plain['pooled']['rationales']['pass_rate']:.1f} |" in table
+    assert f"| {100 * plain['pooled']['rationales']['pass_rate']:.1f} | 0.250 |" in table
+    assert "| rationale pass % | clip-specific grounding |" in table
 
     assert "CCC dominance" not in table
 

@@ -61,11 +61,15 @@ def test_each_phase_trains_only_its_parts(tmp_path, small_manifest):
         assert {n for n, p in part_of.items() if p in parts} - moved == set()
 
 
-def test_resumed_run_reproduces_the_uninterrupted_losses(tmp_path, small_manifest):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resumed_run_reproduces_the_uninterrupted_losses(tmp_path, small_manifest, workers):
     """With LoRA dropout on, as in the GPU recipes: the draws after the resume must be the
-    uninterrupted run's (the checkpoint's random state)."""
-    full = make_trainer(tmp_path / "a", small_manifest, lora={"dropout": 0.3},
-                        train={"epochs": 2, "save_every": 3, "keep_last": 0, "lr": 1e-2})
+    uninterrupted run's (the checkpoint's random state). With DataLoader workers that
+    augment the clips too: the batches a worker prepares must not depend on when it started."""
+    sections = dict(lora={"dropout": 0.3}, data={"num_workers": workers, "prefetch_factor": 2},
+                    augment={"p": 0.5, "gain_db": [-6, 6]} if workers else {})
+    full = make_trainer(tmp_path / "a", small_manifest,
+                        train={"epochs": 2, "save_every": 3, "keep_last": 0, "lr": 1e-2}, **sections)
     reference = full.train()
     assert len(reference) == 16
     ckpt = full.output_dir / "checkpoint-000003"
@@ -75,8 +79,8 @@ def test_resumed_run_reproduces_the_uninterrupted_losses(tmp_path, small_manifes
     resumed_dir = tmp_path / "b" / "run"
     resumed_dir.mkdir(parents=True)
     shutil.copytree(ckpt, resumed_dir / ckpt.name)
-    tree = tiny_recipe_tree(resumed_dir, small_manifest, lora={"dropout": 0.3},
-                            train={"epochs": 2, "save_every": 3, "lr": 1e-2})
+    tree = tiny_recipe_tree(resumed_dir, small_manifest, train={"epochs": 2, "save_every": 3, "lr": 1e-2},
+                            **sections)
     torch.manual_seed(1234)  # whatever state the process is in, the checkpoint's is restored
     resumed = TrainRecipe(load_recipe(tree=tree), resume=True)
     resumed.setup()
@@ -179,11 +183,18 @@ def train_on_two_processes(tmp_path, tree, timeout=600):
 
 @pytest.mark.slow
 def test_two_cpu_processes_end_with_identical_parameters(tmp_path, small_manifest):
-    tree = tiny_recipe_tree(tmp_path / "run", small_manifest, train={"max_steps": 4, "lr": 1e-2})
+    """With a DataLoader worker on each process: every planned batch is split between the
+    two ranks, each taking its own half."""
+    tree = tiny_recipe_tree(tmp_path / "run", small_manifest, train={"max_steps": 4, "lr": 1e-2},
+                            data={"num_workers": 1})
     train_on_two_processes(tmp_path, tree)
     meta = json.loads((tmp_path / "world.json").read_text())
     assert (meta["world_size"], meta["rows_per_rank"]) == (2, [4, 4])  # data.batch_size per process
     assert meta["wrapper"] == "DistributedDataParallel"
+    ids = [json.loads((tmp_path / f"ids{r}.json").read_text()) for r in (0, 1)]
+    assert len(ids[0]) == len(ids[1]) == len(meta["plan_ids"]) > 1
+    for planned, a, b in zip(meta["plan_ids"], *ids):
+        assert len(a) == len(b) == 4 and not set(a) & set(b) and sorted(a + b) == sorted(planned)
 
 
 @pytest.mark.slow
@@ -403,3 +414,19 @@ def test_with_max_seconds_a_clip_is_cut_after_augmentation_and_leaves_the_asr_ta
     assert 0 not in trainer.schedule.examples["asr"]  # its transcript covers 40 s, not 30
     assert 0 in trainer.schedule.examples["emotion"]
     assert len(trainer.collate.wave(trainer.rows[0], epoch=0)) == 30 * 16000
+
+
+def test_with_workers_opensmile_runs_in_them_and_trains_alike(tmp_path, small_manifest):
+    """openSMILE runs on the CPU: with DataLoader workers it runs there, not between the
+    training steps, and the losses are the same as with none."""
+    def run(workers):
+        trainer = make_trainer(tmp_path / str(workers), small_manifest, train={"max_steps": 4, "lr": 1e-2},
+                               data={"num_workers": workers, "tasks": {"emotion": 1.0, "va": 1.0}},
+                               model={"paralinguistic": {"kind": "opensmile", "num_tokens": 4, "hidden_size": 16}})
+        return [h["loss"] for h in trainer.train()], trainer.unwrapped.paralinguistic_encoder._cache
+
+    inline, computed_here = run(0)
+    in_workers, handed_over = run(2)
+    assert in_workers == inline and len(inline) == 4
+    assert computed_here.misses == 8, "each clip once, in the training process"
+    assert handed_over.misses == 0 and handed_over.hits == 4 * 4, "none computed in the training process"

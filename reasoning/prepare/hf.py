@@ -414,6 +414,10 @@ def load(root: Path, out: Path, opts: PrepareOptions, protocol: Protocol) -> Cor
                             f"another column fills): {', '.join(skipped)}")
     if "label" not in cols:
         corpus.notes.append("no label column: emotion is empty (usable for ASR/VA tasks).")
+        others = [c for c in features if c not in mapped] or ["(none)"]
+        log.warning("%s: no label column (none named %s): every row's emotion is empty. If one of "
+                    "the columns %s holds the labels, name it with --label-column.",
+                    source, ", ".join(AUTO_NAMES["label"]), ", ".join(others))
     corpus.default_split = "official" if "split" in cols or None not in splits else "speaker-random"
 
     reader = _RowReader(corpus, cols, decode, kind, scales, extras, out, base, opts, protocol)

@@ -159,7 +159,8 @@ def build_speech_encoder(cfg, encoder: nn.Module | None = None) -> WhisperSpeech
     if encoder is None:
         encoder = _from_pretrained(WhisperModel, cfg.path, "model.speech").get_encoder()
         try:
-            fe = WhisperFeatureExtractor.from_pretrained(resolve_model_path(cfg.path))
+            with disk_only(resolve_model_path(cfg.path)):
+                fe = WhisperFeatureExtractor.from_pretrained(resolve_model_path(cfg.path))
         except OSError:  # a folder with the model but no preprocessor_config.json
             pass
     fe = fe or WhisperFeatureExtractor(feature_size=encoder.config.num_mel_bins)

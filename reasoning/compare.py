@@ -24,8 +24,8 @@ from typing import Mapping
 
 from reasoning.benchmark import EVAL_DIR
 from reasoning.errors import UserError
-from reasoning.prepare.protocols import ALIASES
 from reasoning.evaluate import MODEL_NAME, ORACLE_NAME
+from reasoning.prepare.protocols import ALIASES
 from reasoning.report import METRICS_NAME, _dec, _get, _pct, _va_dimensions, _va_source
 
 

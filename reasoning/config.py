@@ -32,8 +32,8 @@ from reasoning.rewards import check_weights
 RECIPE_NAME = "recipe.yaml"
 TASKS = ("asr", "emotion", "va", "rationale")
 SCHEDULES = ("round_robin", "weighted", "phased")
+TRACKERS = ("tensorboard", "wandb", "trackio")  # train.log_with: accelerate's names (LoggerType)
 # Parts a phase of the `phased` schedule may train.
-TRACKERS = ("tensorboard", "wandb", "trackio")  # accelerate's names (accelerate.utils.LoggerType)
 PARTS = ("speech", "paralinguistic", "llm", "heads")
 TRANSCRIPT_MODES = ("none", "gold", "asr")
 EVIDENCE_MODES = ("none", "measured")

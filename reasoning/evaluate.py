@@ -58,9 +58,9 @@ from reasoning.config import RECIPE_NAME, SpeechEncoderConfig, load_recipe, reci
 from reasoning.errors import UserError
 from reasoning.folds import (PROTOCOLS, Protocol, aggregate_folds, get_protocol, iter_folds,
                              select_rows)
-from reasoning.prepare.protocols import protocol_names
 from reasoning.manifest import DIMENSIONS, read_manifest
 from reasoning.metrics import asr_metrics, emotion_metrics, rationale_metrics, va_metrics
+from reasoning.prepare.protocols import protocol_names
 from reasoning.report import (METRICS_NAME, TABLE_NAME, json_default, package_versions,
                               write_json, write_report)
 

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
+from reasoning.benchmark import EVAL_DIR
 from reasoning.config import load_recipe
 from reasoning.errors import UserError
-from reasoning.benchmark import EVAL_DIR
 from reasoning.evaluate import evaluate_rows
 from reasoning.evidence import measure_manifest
 from reasoning.explain import Explainer, format_summary, prediction_dict, verify_rationales

@@ -10,8 +10,8 @@ import yaml
 
 from reasoning.errors import UserError
 from reasoning.prepare import DATASETS, DerivedVAConfig, PrepareOptions, prepare
-from reasoning.prepare.protocols import protocol_names
 from reasoning.prepare.generic import COLUMN_KEYS
+from reasoning.prepare.protocols import protocol_names
 from reasoning.prepare.splits import SPLIT_STRATEGIES
 
 

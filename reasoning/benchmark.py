@@ -67,7 +67,7 @@ def run_benchmark(recipe, only_fold: str | None = None, device: str | None = Non
     """Train each fold's model, then evaluate all folds with the baselines. Returns the
     evaluation result (what ``metrics.json`` holds)."""
     if recipe.eval.protocol is None:
-        raise RecipeError("eval.protocol is not set: choose iemocap4-loso, meld7, meld-sentiment, loso or "
+        raise RecipeError("eval.protocol is not set: choose iemocap4, meld7, meld-sentiment, loso or "
                           "msp-podcast.")
     protocol = get_protocol(recipe.eval.protocol)
     rows = read_manifest(recipe.data.train_manifest)

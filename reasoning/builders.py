@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
+from urllib.parse import urlparse
 
 import torch
 from torch import nn
@@ -36,6 +40,38 @@ def _config_dict(config: dict | str, where: str) -> dict:
     return dict(config)
 
 
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub can be asked at all: False with ``HF_HUB_OFFLINE`` set, or
+    when its host does not answer within ``timeout`` seconds (one connection, no retries)."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+@contextmanager
+def disk_only(path: str) -> Iterator[None]:
+    """Around ``from_pretrained(path)``: a folder, or a hub id with no hub to ask, is read from
+    disk only (the hub cache), so that a missing model fails at once instead of after
+    huggingface_hub's retries (tens of seconds without a network). The hub is switched off
+    (``HF_HUB_OFFLINE``) for the call: ``local_files_only`` alone does not reach transformers'
+    lookup of an adapter config, which retries."""
+    from huggingface_hub import constants
+
+    before = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = before or Path(path).exists() or not hub_reachable()
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = before
+
+
 def _load_dtype(cfg) -> torch.dtype:
     """The dtype ``from_pretrained`` loads a part in by default: its config's, else fp32."""
     dtype = getattr(cfg, "dtype", None)
@@ -49,7 +85,8 @@ def _from_pretrained(cls, path: str, where: str, **kw):
     start with ``$EMOREASON_MODELS`` (reasoning.pretrained)."""
     path = resolve_model_path(path)
     try:
-        return cls.from_pretrained(path, **kw)
+        with disk_only(path):
+            return cls.from_pretrained(path, **kw)
     except OSError as err:
         hint = missing_model_hint(path)
         if hint:
@@ -113,15 +150,20 @@ def freeze(module: nn.Module) -> nn.Module:
     return module
 
 
-def build_speech_encoder(cfg) -> WhisperSpeechEncoder:
+def build_speech_encoder(cfg, encoder: nn.Module | None = None) -> WhisperSpeechEncoder:
+    """The Whisper encoder of ``cfg.path``, or ``encoder`` when given (already built, e.g. on
+    the meta device by :mod:`reasoning.memory`), checked and frozen as the recipe says."""
     from transformers import WhisperFeatureExtractor, WhisperModel
 
-    whisper = _from_pretrained(WhisperModel, cfg.path, "model.speech")
-    encoder = whisper.get_encoder()
-    try:
-        fe = WhisperFeatureExtractor.from_pretrained(resolve_model_path(cfg.path))
-    except OSError:  # a folder with the model but no preprocessor_config.json
-        fe = WhisperFeatureExtractor(feature_size=encoder.config.num_mel_bins)
+    fe = None
+    if encoder is None:
+        encoder = _from_pretrained(WhisperModel, cfg.path, "model.speech").get_encoder()
+        try:
+            with disk_only(resolve_model_path(cfg.path)):
+                fe = WhisperFeatureExtractor.from_pretrained(resolve_model_path(cfg.path))
+        except OSError:  # a folder with the model but no preprocessor_config.json
+            pass
+    fe = fe or WhisperFeatureExtractor(feature_size=encoder.config.num_mel_bins)
     n = len(encoder.layers)
     if not -(n + 1) <= cfg.layer <= n:
         raise RecipeError(f"model.speech.layer: {cfg.layer} is out of range for {cfg.path} "
@@ -131,7 +173,9 @@ def build_speech_encoder(cfg) -> WhisperSpeechEncoder:
     return WhisperSpeechEncoder(encoder, fe, cfg.mel_policy, cfg.layer)
 
 
-def build_paralinguistic_encoder(cfg) -> nn.Module | None:
+def build_paralinguistic_encoder(cfg, ssl: nn.Module | None = None) -> nn.Module | None:
+    """The paralinguistic encoder of the recipe; ``ssl``: the WavLM/HuBERT model already
+    built (as for :func:`build_speech_encoder`)."""
     if cfg.kind == "none":
         return None
     if cfg.kind == "opensmile":
@@ -142,7 +186,8 @@ def build_paralinguistic_encoder(cfg) -> nn.Module | None:
         raise RecipeError("model.paralinguistic.layer is `auto`, which a training run resolves to a layer number "
                           "at setup (reasoning.saliency.resolve_auto_layer): train with this recipe, or set the "
                           "layer that `emoreason select-layer` reports.")
-    ssl = _from_pretrained(AutoModel, cfg.path, "model.paralinguistic")
+    if ssl is None:
+        ssl = _from_pretrained(AutoModel, cfg.path, "model.paralinguistic")
     n = ssl.config.num_hidden_layers
     if isinstance(cfg.layer, int) and not -(n + 1) <= cfg.layer <= n:
         raise RecipeError(f"model.paralinguistic.layer: {cfg.layer} is out of range for {cfg.path} "
@@ -157,7 +202,7 @@ def build_llm(cfg, lora, device: torch.device | None = None):
     A 4-bit LLM is loaded onto ``device`` (default: the current GPU): bitsandbytes places its
     weights once and cannot move them. ``lora`` None: the LM as it is, unwrapped (an
     export whose adapter is merged into it, :mod:`reasoning.export`)."""
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from peft import prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
     kw = {"dtype": DTYPES[cfg.dtype]}
@@ -171,27 +216,42 @@ def build_llm(cfg, lora, device: torch.device | None = None):
         kw["device_map"] = {"": device}
     llm = _from_pretrained(AutoModelForCausalLM, cfg.path, "model.llm", **kw)
     tokenizer = _from_pretrained(AutoTokenizer, cfg.tokenizer or cfg.path, "model.llm.tokenizer")
-    # Non-reentrant checkpointing: peft passes torch's reentrant default on, and under DDP a
-    # reentrant backward marks a LoRA weight ready twice ("Expected to mark a variable ready
-    # only once", with find_unused_parameters).
-    checkpointing = {"use_reentrant": False}
     if cfg.quantization == "4bit":
         llm = prepare_model_for_kbit_training(llm, use_gradient_checkpointing=cfg.gradient_checkpointing,
-                                              gradient_checkpointing_kwargs=checkpointing)
+                                              gradient_checkpointing_kwargs=CHECKPOINTING)
     elif cfg.gradient_checkpointing:
-        llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpointing)
-        llm.enable_input_require_grads()
+        enable_checkpointing(llm)
     if lora is None:
         return llm, tokenizer
+    return add_lora(llm, lora, cfg.path), tokenizer
+
+
+# Non-reentrant checkpointing: peft passes torch's reentrant default on, and under DDP a
+# reentrant backward marks a LoRA weight ready twice ("Expected to mark a variable ready
+# only once", with find_unused_parameters).
+CHECKPOINTING = {"use_reentrant": False}
+
+
+def enable_checkpointing(llm: nn.Module) -> None:
+    """Gradient checkpointing of a (not quantized) LLM, as training runs it."""
+    llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=CHECKPOINTING)
+    llm.enable_input_require_grads()
+
+
+def add_lora(llm: nn.Module, lora, where: str) -> nn.Module:
+    """``llm`` wrapped in the recipe's LoRA (``lora``: :class:`reasoning.config.LoraConfig`);
+    the one place the peft config is written. ``where`` names the LLM in errors."""
+    from peft import LoraConfig, get_peft_model
+
     names = {name.rsplit(".", 1)[-1] for name, _ in llm.named_modules()}
     missing = [t for t in lora.target_modules if t not in names]
     if missing:
-        raise RecipeError(f"lora.target_modules: {missing} are not modules of {cfg.path}; "
+        raise RecipeError(f"lora.target_modules: {missing} are not modules of {where}; "
                           f"linear layers there include e.g. {sorted(n for n in names if 'proj' in n)[:8]}.")
     peft_cfg = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                           target_modules=list(lora.target_modules),
                           modules_to_save=list(lora.modules_to_save) or None, task_type="CAUSAL_LM")
-    return get_peft_model(llm, peft_cfg), tokenizer
+    return get_peft_model(llm, peft_cfg)
 
 
 def attach_caches(model: DualEncoderLLM, recipe: Recipe) -> None:

@@ -25,6 +25,7 @@ from typing import Mapping
 from reasoning.benchmark import EVAL_DIR
 from reasoning.errors import UserError
 from reasoning.evaluate import MODEL_NAME, ORACLE_NAME
+from reasoning.prepare.protocols import ALIASES
 from reasoning.report import METRICS_NAME, _dec, _get, _pct, _va_dimensions, _va_source
 
 
@@ -60,7 +61,8 @@ def load_runs(specs: list[str]) -> dict[str, dict]:
 
 
 def _test_sets(result: Mapping) -> tuple:
-    return (result["protocol"]["name"], result["rows"]["kept"],
+    # A run scored before the two registries became one names iemocap4 by its alias.
+    return (ALIASES.get(result["protocol"]["name"], result["protocol"]["name"]), result["rows"]["kept"],
             [(fold["name"], fold["test"]) for fold in result.get("folds", [])])
 
 

@@ -32,6 +32,7 @@ from reasoning.rewards import check_weights
 RECIPE_NAME = "recipe.yaml"
 TASKS = ("asr", "emotion", "va", "rationale")
 SCHEDULES = ("round_robin", "weighted", "phased")
+TRACKERS = ("tensorboard", "wandb", "trackio")  # train.log_with: accelerate's names (LoggerType)
 # Parts a phase of the `phased` schedule may train.
 PARTS = ("speech", "paralinguistic", "llm", "heads")
 TRANSCRIPT_MODES = ("none", "gold", "asr")
@@ -283,6 +284,7 @@ class TrainConfig:
     save_every: int = _f(0, "Save a checkpoint every N optimizer steps (0: only at the end).")
     keep_last: int = _f(2, "Checkpoints kept on disk (older ones are deleted).")
     log_every: int = _f(10, "Log the mean loss per task every N steps.")
+    log_with: list = _f([], "Experiment trackers that get the logged losses and learning rate, through accelerate's tracker support: any of `tensorboard`, `wandb`, `trackio` (each needs its package: `pip install emoreason[tensorboard]` or `wandb` or `trackio`). Their files go to `<output_dir>/trackers/`.")
 
     def __post_init__(self) -> None:
         if self.lr_schedule not in ("cosine", "linear", "constant"):
@@ -291,11 +293,14 @@ class TrainConfig:
             raise RecipeError(f"train.mixed_precision: {self.mixed_precision!r} is not one of no, bf16, fp16.")
         if self.grad_accum < 1:
             raise RecipeError("train.grad_accum must be at least 1.")
+        unknown = [t for t in self.log_with if t not in TRACKERS]
+        if unknown:
+            raise RecipeError(f"train.log_with: {unknown} are not trackers; choose from {', '.join(TRACKERS)}.")
 
 
 @dataclass
 class EvalConfig:
-    protocol: str | None = _f(None, "`emoreason benchmark` protocol: iemocap4-loso, meld7, meld-sentiment or loso (leave-one-speaker-out on any corpus).")
+    protocol: str | None = _f(None, "`emoreason benchmark` protocol: iemocap4 (or its alias iemocap4-loso), meld7, meld-sentiment, msp-podcast or loso (leave-one-speaker-out on any corpus).")
     baselines: list = _f(["majority", "egemaps", "tfidf", "probe"], "Baselines computed in the same run on the same folds (tfidf only where every row has a transcript; probe: a linear probe on the recipe's own frozen speech encoder, its layer chosen on each fold's training speakers).")
     dev_speakers: int = _f(0, "Speakers held out of each fold's training rows as a dev set.")
 
@@ -418,7 +423,10 @@ def _build(cls: type, data: dict | None, where: str) -> Any:
         if sub is not None:
             kwargs[name] = _build(sub, data.get(name), f"{where}{name}.")
         elif name in data:
-            kwargs[name] = _coerce(data[name], f.type, where + name)
+            value = data[name]
+            if cls is TrainConfig and name == "mixed_precision" and value is False:
+                value = "no"  # YAML 1.1 reads an unquoted `no` as False
+            kwargs[name] = _coerce(value, f.type, where + name)
     return cls(**kwargs)
 
 

@@ -9,6 +9,7 @@ already constructed (see :mod:`reasoning.builders`); none reads files.
 from __future__ import annotations
 
 import hashlib
+import warnings
 
 import numpy as np
 import torch
@@ -174,7 +175,11 @@ class SSLEncoder(nn.Module):
             var = (((waves - mean) * mask) ** 2).sum(1, keepdim=True) / n
             waves = (waves - mean) / torch.sqrt(var + 1e-7) * mask
         dtype = next(self.model.parameters()).dtype
-        out = self.model(waves.to(dtype), attention_mask=mask.long(), output_hidden_states=True)
+        with warnings.catch_warnings():
+            # transformers' WavLM hands torch's attention a bool padding mask beside its float
+            # position bias, and torch warns on every padded batch; nothing for a user to do.
+            warnings.filterwarnings("ignore", message="Support for mismatched key_padding_mask", category=UserWarning)
+            out = self.model(waves.to(dtype), attention_mask=mask.long(), output_hidden_states=True)
         hidden = tuple(getattr(out, "hidden_states", None) or ())
         frames = hidden[0].shape[1] if hidden else 0
         lengths = self.model._get_feat_extract_output_lengths(wave_lengths).clamp(max=frames)

@@ -60,6 +60,7 @@ from reasoning.folds import (PROTOCOLS, Protocol, aggregate_folds, get_protocol,
                              select_rows)
 from reasoning.manifest import DIMENSIONS, read_manifest
 from reasoning.metrics import asr_metrics, emotion_metrics, rationale_metrics, va_metrics
+from reasoning.prepare.protocols import protocol_names
 from reasoning.report import (METRICS_NAME, TABLE_NAME, json_default, package_versions,
                               write_json, write_report)
 
@@ -78,9 +79,9 @@ Predictor = Callable[[str, list[dict]], dict]
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `emoreason eval`."""
     parser.add_argument("--manifest", required=True, help="manifest.jsonl to evaluate on")
-    parser.add_argument("--protocol", required=True, choices=list(PROTOCOLS),
+    parser.add_argument("--protocol", required=True, choices=protocol_names(evaluation=True),
                         help="labels and folds: " + "; ".join(
-                            f"{p.name}: {p.description}" for p in PROTOCOLS.values()))
+                            f"{p.name}: {p.description}" for p in PROTOCOLS.values() if p.folds))
     parser.add_argument("--out", required=True, help="run folder for metrics.json, report.md, "
                         "plots/ and predictions/")
     parser.add_argument("--checkpoint", default=None,

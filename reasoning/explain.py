@@ -247,9 +247,10 @@ def verify_rationales(pred: dict, rows: list[dict]) -> dict:
     """Check each generated rationale against its row's measured evidence, gold label and
     transcript (rows without evidence or label stay unverified), and, for clip-specific
     grounding, against the evidence of another clip of the same speaker (:func:`other_clips`;
-    the same gold label and transcript, so only the measured cues differ):
-    ``verdict["passed_other_clip"]`` (None without such a clip) and ``verdict["other_clip"]``."""
-    from reasoning.rationales.verify import verify
+    the same gold label and transcript, so only the measured cues differ): each record gets
+    the verdict fields (:func:`reasoning.rationales.verify.verdict_fields`), ``passed_other_clip``
+    (None without such a clip) and ``other_clip``."""
+    from reasoning.rationales.verify import verdict_fields, verify
     from reasoning.rewards import has_evidence
 
     others = other_clips(rows)
@@ -257,11 +258,10 @@ def verify_rationales(pred: dict, rows: list[dict]) -> dict:
         if rec["text"] and has_evidence(row) and row.get("emotion"):
             text = label_first(rec["text"], pred["label_set"])
             v = verify(text, row["evidence"], row["emotion"], row.get("transcript"))
-            rec["verdict"] = {"passed": v.passed, "claims": v.claims, "emotion": rec["emotion"],
-                              "passed_other_clip": None, "other_clip": None}
+            rec.update(verdict_fields(v), passed_other_clip=None, other_clip=None)
             if other is not None:
                 o = verify(text, rows[other]["evidence"], row["emotion"], row.get("transcript"))
-                rec["verdict"].update(passed_other_clip=o.passed, other_clip=rows[other]["id"])
+                rec.update(passed_other_clip=o.passed, other_clip=rows[other]["id"])
     return pred
 
 

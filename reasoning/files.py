@@ -89,24 +89,33 @@ def _fsync(path: str | Path) -> None:
 
 
 @contextmanager
-def atomic_file(final: str | Path, mode: str = "w", encoding: str | None = "utf-8") -> Iterator:
-    """Yield a file object open on a temporary file beside ``final``; when the block ends
-    without an error the file is flushed to disk and renamed over ``final`` (with the mode a
-    plain ``open()`` would give it), otherwise it is removed. Readers see the old file or
-    the whole new one, never a part."""
+def atomic_path(final: str | Path, suffix: str = "") -> Iterator[Path]:
+    """Yield the path of an empty temporary file beside ``final`` (ending in ``suffix``, for
+    tools that tell the format by it); when the block ends without an error the file is
+    renamed over ``final`` (with the mode a plain ``open()`` would give it), otherwise it is
+    removed. Readers see the old file or the whole new one, never a part. This is the one
+    home of the write-then-rename idiom; :func:`atomic_file` opens the path for Python."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.tmp-")
+    fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.tmp-", suffix=suffix)
+    os.close(fd)
     try:
-        with os.fdopen(fd, mode, encoding=None if "b" in mode else encoding) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
+        yield Path(tmp)
         os.chmod(tmp, file_mode())  # mkstemp makes it 0600 whatever the umask
         os.replace(tmp, final)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+@contextmanager
+def atomic_file(final: str | Path, mode: str = "w", encoding: str | None = "utf-8") -> Iterator:
+    """Yield a file object open on a temporary file beside ``final``, flushed to disk and
+    renamed over it when the block ends without an error (:func:`atomic_path`)."""
+    with atomic_path(final) as tmp, open(tmp, mode, encoding=None if "b" in mode else encoding) as f:
+        yield f
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def file_stamp(path: str | Path) -> tuple[int, int]:

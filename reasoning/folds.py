@@ -1,11 +1,13 @@
-"""Evaluation protocols: which rows and labels count, and how they split into folds.
+"""How a protocol's rows split into folds, and how fold scores are aggregated.
 
-A protocol names a label set and a fold scheme:
+The protocols themselves live in :mod:`reasoning.prepare.protocols` (one registry for
+preparation and evaluation); the evaluation ones name a label set and a fold scheme
+(``iemocap4-loso`` is accepted for ``iemocap4``):
 
 =================  ==============  ============================================  ==========
 protocol           label column    labels                                        folds
 =================  ==============  ============================================  ==========
-``iemocap4-loso``  ``emotion``     neutral, happy (hap + exc), angry, sad        sessions
+``iemocap4``       ``emotion``     neutral, happy (hap + exc), angry, sad        sessions
 ``meld7``          ``emotion``     neutral, joy, surprise, anger, sadness,       official
                                    disgust, fear
 ``meld-sentiment`` ``sentiment``   neutral, positive, negative                   official
@@ -44,64 +46,15 @@ import logging
 import math
 import re
 from collections import Counter
-from dataclasses import dataclass
 from typing import Any, Iterator, NamedTuple, Sequence
 
 from reasoning.errors import ManifestError, UserError
 from reasoning.prepare.card import split_order
-from reasoning.prepare.protocols import PROTOCOLS as PREPARE_PROTOCOLS
+from reasoning.prepare.protocols import PROTOCOLS, Protocol, get_protocol  # noqa: F401 - one registry, re-exported for evaluation
 from reasoning.prepare.splits import LeakageError as SpeakerLeakError  # noqa: F401 - raised here, by that name
 from reasoning.prepare.splits import check_speaker_disjoint
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Protocol:
-    """How to evaluate: the label column, its label set (None: taken from the data) and
-    the fold scheme (``sessions``, ``speakers`` or ``official``)."""
-
-    name: str
-    label_key: str
-    labels: tuple[str, ...] | None
-    folds: str
-    description: str
-
-    @property
-    def speaker_independent(self) -> bool:
-        return self.folds in ("sessions", "speakers", "test-sets")
-
-    @property
-    def one_training_set(self) -> bool:
-        """Every fold trains on the same rows (``split == "train"``), so one model serves all."""
-        return self.folds in ("official", "test-sets")
-
-    @property
-    def separate_folds(self) -> bool:
-        """Folds are different test sets, reported one by one (pooling them means nothing)."""
-        return self.folds == "test-sets"
-
-
-PROTOCOLS: dict[str, Protocol] = {
-    "iemocap4-loso": Protocol(
-        "iemocap4-loso", "emotion", ("neutral", "happy", "angry", "sad"), "sessions",
-        "IEMOCAP 4 classes (happy includes excited), leave-one-session-out, 5 folds"),
-    "meld7": Protocol(
-        "meld7", "emotion",
-        ("neutral", "joy", "surprise", "anger", "sadness", "disgust", "fear"), "official",
-        "MELD 7 emotions, official train/dev/test split (test reported)"),
-    "meld-sentiment": Protocol(
-        "meld-sentiment", "sentiment", ("neutral", "positive", "negative"), "official",
-        "MELD 3 sentiments, official train/dev/test split (test reported)"),
-    "loso": Protocol(
-        "loso", "emotion", None, "speakers",
-        "every emotion label of the manifest, leave-one-speaker-out"),
-    "msp-podcast": Protocol(
-        "msp-podcast", "emotion", PREPARE_PROTOCOLS["msp-podcast"].labels, "test-sets",
-        "MSP-Podcast 8 classes (A S H U F D C N; other and no agreement are trained on with "
-        "--keep-other, never scored), trained on Train; Development and each test set "
-        "(Test1, Test2, ...) reported separately, CCC of valence, arousal and dominance"),
-}
 
 
 class Fold(NamedTuple):
@@ -111,15 +64,6 @@ class Fold(NamedTuple):
     train: list[dict]
     dev: list[dict]
     test: list[dict]
-
-
-def get_protocol(name: str) -> Protocol:
-    """The protocol called ``name``; a :class:`UserError` listing the valid names otherwise."""
-    try:
-        return PROTOCOLS[name]
-    except KeyError:
-        raise UserError(f"unknown protocol {name!r}; choose one of "
-                        f"{', '.join(PROTOCOLS)}.") from None
 
 
 def select_rows(rows: Sequence[dict], protocol: Protocol) -> tuple[list[dict], list[str], dict]:
@@ -137,7 +81,7 @@ def select_rows(rows: Sequence[dict], protocol: Protocol) -> tuple[list[dict], l
         label = row.get(key)
         if label is None or label == "":
             excluded["no label"] += 1
-        elif protocol.labels is not None and label not in protocol.labels:
+        elif protocol.labels and label not in protocol.labels:
             excluded[f"label:{label}"] += 1
         else:
             kept.append(row)

@@ -42,7 +42,7 @@ import json
 import logging
 import math
 import weakref
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -52,7 +52,8 @@ from torch.utils._pytree import tree_flatten
 from torch.utils.weak import WeakIdKeyDictionary
 
 from reasoning.audio import SAMPLE_RATE
-from reasoning.builders import DTYPES, _config_dict, _load_dtype, assemble, freeze
+from reasoning.builders import (DTYPES, _config_dict, _load_dtype, add_lora, assemble,
+                                build_paralinguistic_encoder, build_speech_encoder, enable_checkpointing)
 from reasoning.config import Recipe, load_recipe
 from reasoning.encoders import WHISPER_HOP, WHISPER_WINDOW_FRAMES
 from reasoning.errors import UserError
@@ -131,37 +132,25 @@ class Skeleton:
 
 
 def _speech_encoder(recipe: Recipe):
-    from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperModel
-
-    from reasoning.encoders import WhisperSpeechEncoder
+    from transformers import WhisperConfig, WhisperModel
 
     s = recipe.model.speech
     cfg = WhisperConfig.from_dict(resolve_config(s.path, s.config, "model.speech"))
-    encoder = WhisperModel(cfg).get_encoder().to(_load_dtype(cfg))
-    if s.freeze:
-        freeze(encoder)
-    return WhisperSpeechEncoder(encoder, WhisperFeatureExtractor(feature_size=cfg.num_mel_bins), s.mel_policy, s.layer)
+    return build_speech_encoder(s, WhisperModel(cfg).get_encoder().to(_load_dtype(cfg)))
 
 
 def _paralinguistic_encoder(recipe: Recipe):
     p = recipe.model.paralinguistic
-    if p.kind == "none":
-        return None
-    if p.kind == "opensmile":
-        from reasoning.encoders import OpenSmileEncoder
-
-        return OpenSmileEncoder(p.hidden_size)
+    if p.kind in ("none", "opensmile"):
+        return build_paralinguistic_encoder(p)
     from transformers import AutoConfig, AutoModel
-
-    from reasoning.encoders import SSLEncoder
 
     cfg = AutoConfig.for_model(**resolve_config(p.path, p.config, "model.paralinguistic"))
     if not p.freeze:  # SpecAugment's random masks are data-dependent and cost no memory
         cfg.mask_time_prob = cfg.mask_feature_prob = 0.0
-    ssl = AutoModel.from_config(cfg).to(_load_dtype(cfg))
-    if p.freeze:
-        freeze(ssl)
-    return SSLEncoder(ssl, p.layer)
+    if p.layer == "auto":  # training fixes one layer at setup; which one costs the same memory
+        p = replace(p, layer=-1)
+    return build_paralinguistic_encoder(p, AutoModel.from_config(cfg).to(_load_dtype(cfg)))
 
 
 def _llm(recipe: Recipe, quantized: bool, checkpointing: bool, tokenizer,
@@ -169,7 +158,6 @@ def _llm(recipe: Recipe, quantized: bool, checkpointing: bool, tokenizer,
     """The LLM as :func:`reasoning.builders.build_llm` makes it (with only its first ``layers``
     decoder layers when given); QLoRA is emulated: the weights bitsandbytes would quantize
     stay in the compute dtype and are returned by id."""
-    from peft import LoraConfig, get_peft_model
     from transformers import AutoConfig, AutoModelForCausalLM
     from transformers.quantizers.base import HfQuantizer
     from transformers.quantizers.quantizers_utils import should_convert_module
@@ -201,12 +189,8 @@ def _llm(recipe: Recipe, quantized: bool, checkpointing: bool, tokenizer,
         for mod in linears:  # bitsandbytes computes in the compute dtype and returns the input's
             mod.forward = lambda x, _f=mod.forward: _f(x.to(compute)).to(x.dtype)
     if checkpointing:
-        llm.gradient_checkpointing_enable()
-        llm.enable_input_require_grads()
-    peft_cfg = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                          target_modules=list(lora.target_modules),
-                          modules_to_save=list(lora.modules_to_save) or None, task_type="CAUSAL_LM")
-    return get_peft_model(llm, peft_cfg), weights, compute
+        enable_checkpointing(llm)
+    return add_lora(llm, lora, m.path), weights, compute
 
 
 def build_skeleton(recipe: Recipe, quantized: bool = False, checkpointing: bool = False,

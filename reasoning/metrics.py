@@ -24,6 +24,8 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
 
+from reasoning.rationales.verify import read_verdict
+
 log = logging.getLogger(__name__)
 
 SPEAKER_THRESHOLDS = (0.75, 0.5)
@@ -306,21 +308,6 @@ def asr_metrics(references: Sequence[str | None], hypotheses: Sequence[str | Non
 
 # -------------------------------------------------------------------------- rationales
 
-def _passed(verdict: Any) -> bool | None:
-    if isinstance(verdict, dict):
-        value = verdict.get("passed")
-        return None if value is None else bool(value)
-    if isinstance(verdict, bool):
-        return verdict
-    if isinstance(verdict, str):
-        v = verdict.strip().lower()
-        if v in ("pass", "passed", "ok"):
-            return True
-        if v in ("fail", "failed"):
-            return False
-    return None
-
-
 def rationale_metrics(records: Sequence[dict | None],
                       predicted_labels: Sequence[str] | None = None) -> dict[str, Any]:
     """Verifier pass rate, stated-emotion agreement and cues cited per rationale.
@@ -328,13 +315,12 @@ def rationale_metrics(records: Sequence[dict | None],
     One record per utterance (None when no rationale was generated). Expected keys:
 
     * ``text`` (str): the rationale;
-    * ``verdict``: the verifier's result, a dict
-      ``{"passed": bool, "claims": [{"cue": str, "supported": bool, ...}, ...]}``
-      (``"pass"``/``"fail"`` strings and plain bools are also read as ``passed``);
-    * ``emotion`` (str, optional): the emotion the rationale states; read from
-      ``verdict["emotion"]`` when absent from the record.
+    * ``verdict`` (``"pass"``, ``"fail"`` or None) and ``claims`` (``[{"cue": str,
+      "supported": bool, ...}, ...]``): the verifier's result, in the one schema of
+      :func:`reasoning.rationales.verify.verdict_fields` (read by ``read_verdict``);
+    * ``emotion`` (str, optional): the emotion the rationale states.
 
-    * ``verdict["passed_other_clip"]`` (optional): the same rationale checked against the
+    * ``passed_other_clip`` (bool or None, optional): the same rationale checked against the
       evidence of another clip of the same speaker (:func:`reasoning.explain.verify_rationales`).
 
     Returns rates over the records that have the needed field (``n_verified``,
@@ -356,17 +342,14 @@ def rationale_metrics(records: Sequence[dict | None],
             raise ValueError(f"rationale record {i} is a {type(rec).__name__}, expected a dict "
                              "with 'text' and 'verdict'.")
         n_with += 1
-        verdict = rec.get("verdict")
-        p = _passed(verdict)
+        p, claims = read_verdict(rec, f"rationale record {i}")
         if p is not None:
             passed.append(p)
-        vd = verdict if isinstance(verdict, dict) else {}
-        if p is not None and vd.get("passed_other_clip") is not None:
-            pairs.append((p, bool(vd["passed_other_clip"])))
-        stated = rec.get("emotion") or vd.get("emotion")
+        if p is not None and rec.get("passed_other_clip") is not None:
+            pairs.append((p, bool(rec["passed_other_clip"])))
+        stated = rec.get("emotion")
         if stated is not None and predicted_labels is not None:
             match.append(str(stated).strip().lower() == str(predicted_labels[i]).strip().lower())
-        claims = vd.get("claims")
         if isinstance(claims, list):
             names = {c.get("cue") for c in claims if isinstance(c, dict) and c.get("cue")}
             cues.append(len(names))

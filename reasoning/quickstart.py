@@ -15,9 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
+from reasoning.benchmark import EVAL_DIR
 from reasoning.config import load_recipe
 from reasoning.errors import UserError
-from reasoning.evaluate import score_prediction
+from reasoning.evaluate import evaluate_rows
 from reasoning.evidence import measure_manifest
 from reasoning.explain import Explainer, format_summary, prediction_dict, verify_rationales
 from reasoning.manifest import read_manifest, write_manifest
@@ -81,8 +82,17 @@ def run(args: argparse.Namespace) -> int:
     print("== 3/4 evaluate on the held-out speaker (split: test)")
     test = rows_in_splits(read_manifest(d.eval_manifest or d.train_manifest), d.eval_split)
     explainer = Explainer(out)
-    pred = verify_rationales(prediction_dict(explainer.labels, explainer.predict(test, progress=False)), test)
-    metrics = score_prediction(test, pred, explainer.labels, "emotion")
+
+    def predict(fold: str, rows: list[dict]) -> dict:
+        return verify_rationales(prediction_dict(explainer.labels, explainer.predict(rows, progress=False)), rows)
+
+    # The held-out speaker is that speaker's leave-one-speaker-out fold, so `emoreason eval`'s
+    # own code scores it beside the majority baseline and writes metrics.json, report.md
+    # and the plots into the run folder.
+    (speaker,) = {r["speaker"] for r in test}
+    result = evaluate_rows(read_manifest(d.eval_manifest), "loso", out / EVAL_DIR, baselines=["majority"],
+                           predictor=predict, fold=f"speaker-{speaker}")
+    metrics = result["systems"]["model"]["pooled"]
     va = metrics["va"]["annotated"]
     scores = {"clips": len(test), "UA": metrics["ua"], "WA": metrics["wa"], "macro_F1": metrics["macro_f1"],
               "top2": metrics["k_best"]["top2"], "CCC_valence": va["valence"]["ccc"],
@@ -96,5 +106,6 @@ def run(args: argparse.Namespace) -> int:
     print("\n\n".join(format_summary(p) for p in explained))
     summary = {"loss_curve": curve, "eval": scores, "explain": explained}
     (out / "quickstart.json").write_text(json.dumps(summary, indent=2))
-    print(f"\nsummary written to {out / 'quickstart.json'}")
+    print(f"\nsummary written to {out / 'quickstart.json'}; the evaluation's metrics.json, report.md and "
+          f"plots to {out / EVAL_DIR}")
     return 0

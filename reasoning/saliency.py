@@ -211,13 +211,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from transformers import AutoModel
 
+    from reasoning.builders import disk_only
     from reasoning.manifest import read_manifest
 
     rows = [r for r in read_manifest(args.manifest) if not args.split or r.get("split") in args.split]
     if not rows:
         raise UserError(f"{args.manifest}: no rows in split(s) {args.split}.")
     try:
-        model = AutoModel.from_pretrained(args.encoder).eval()
+        with disk_only(args.encoder):
+            model = AutoModel.from_pretrained(args.encoder).eval()
     except OSError as err:
         raise UserError(f"--encoder {args.encoder}: could not load it ({str(err).strip().splitlines()[0]}). "
                         "Give a local folder with config.json and the weights; offline, download a hub id "

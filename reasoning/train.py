@@ -15,6 +15,7 @@ import logging
 import math
 import sys
 from contextlib import nullcontext
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -31,11 +32,13 @@ from reasoning.data import (TRANSCRIPT_TASKS, VA_PROMPT_TASKS, AudioCache, Colla
                             schedule_loader, task_target, to_device)
 from reasoning.distributed import gather_rows, layer_classes
 from reasoning.errors import RecipeError, UserError
+from reasoning.files import remove_dir
 from reasoning.manifest import read_manifest
 
 log = logging.getLogger(__name__)
 
 HISTORY_FILE = "losses.jsonl"
+TRACKERS_DIR = "trackers"  # train.log_with's files (TensorBoard events, ...)
 
 
 def rows_in_splits(rows: list[dict], splits: list[str]) -> list[dict]:
@@ -68,9 +71,10 @@ class TrainRecipe:
     """``setup()`` builds the parts in dependency order, ``train()`` loops,
     ``save_checkpoint()`` writes one, ``cleanup()`` ends the process group."""
 
-    def __init__(self, recipe: Recipe, resume: str | bool = False):
+    def __init__(self, recipe: Recipe, resume: str | bool = False, force: bool = False):
         self.recipe = recipe
         self.resume = resume
+        self.force = force  # a run folder that holds a run is emptied, not refused
         self.history: list[dict] = []
         self.bar = None  # the progress bar, while train() runs
 
@@ -90,7 +94,8 @@ class TrainRecipe:
         # Tasks use different parts (the VA head only in `va` batches), so DDP must allow
         # parameters without gradients in a step.
         self.accelerator = Accelerator(
-            mixed_precision=t.mixed_precision,
+            mixed_precision=t.mixed_precision, log_with=t.log_with or None,
+            project_dir=Path(t.output_dir) / TRACKERS_DIR,
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
         self.rank = self.accelerator.process_index
         self.world = self.accelerator.num_processes
@@ -105,10 +110,15 @@ class TrainRecipe:
             recover_checkpoints(self.output_dir)
         self.accelerator.wait_for_everyone()
         found = checkpoint_dirs(self.output_dir)
-        if found and not self.resume:
+        if found and not self.resume and not self.force:
             raise UserError(f"{self.output_dir}: already holds a run ({len(found)} checkpoint(s), the latest "
-                            f"{found[-1].name}). Continue it with --resume, or set train.output_dir to a new "
-                            "folder (delete this one to start it over).")
+                            f"{found[-1].name}). Continue it with --resume, start it over with --force, or "
+                            "set train.output_dir to a new folder.")
+        if found and self.force and not self.resume and self.accelerator.is_main_process:
+            log.warning("--force: deleting the run in %s (%d checkpoint(s))", self.output_dir, len(found))
+            for path in [*found, self.output_dir / TRACKERS_DIR]:
+                if path.exists():
+                    remove_dir(path)
         if self.accelerator.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             if not self.resume:  # a fresh run (any log here came from a run that never saved) logs afresh
@@ -124,6 +134,11 @@ class TrainRecipe:
         self.accelerator.wait_for_everyone()
         if not self.accelerator.is_main_process:  # the paths the main process wrote
             self.recipe = load_recipe(self.output_dir / RECIPE_NAME)
+        if self.recipe.train.log_with:  # the scalar settings of the run, as the trackers' hyperparameters
+            config = {f"{section}.{k}": v for section in ("train", "data", "lora")
+                      for k, v in asdict(getattr(self.recipe, section)).items()
+                      if isinstance(v, (int, float, str, bool))}
+            self.accelerator.init_trackers(self.output_dir.name, config=config)
 
     def _setup_model(self) -> None:
         torch.manual_seed(self.recipe.train.seed)
@@ -365,6 +380,12 @@ class TrainRecipe:
             parts += f" | padded/real samples {sum(running['padding']) / len(running['padding']):.3f}"
             log.info("step %d/%d | lr %.2e | %s", self.state["step"], self.total_steps,
                      self.scheduler.get_last_lr()[0], parts)
+            if self.recipe.train.log_with:
+                self.accelerator.log({**{f"loss/{task}": sum(v) / len(v) for task, v in running.items()
+                                         if task != "padding"},
+                                      "lr": self.scheduler.get_last_lr()[0],
+                                      "padding": sum(running["padding"]) / len(running["padding"])},
+                                     step=self.state["step"])
         running.clear()
 
     def save_checkpoint(self) -> Path | None:
@@ -399,6 +420,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="continue from the latest checkpoint of train.output_dir")
     parser.add_argument("--resume-from", metavar="CHECKPOINT",
                         help="continue from this checkpoint folder instead of the latest")
+    parser.add_argument("--force", action="store_true",
+                        help="start over in a train.output_dir that holds a run (its checkpoints, "
+                             "loss log and tracker files are deleted)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="dotted recipe overrides, e.g. train.lr=1e-4 data.batch_size=4")
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
@@ -407,7 +431,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.config, args.overrides)
-    trainer = TrainRecipe(recipe, resume=args.resume_from or args.resume)
+    trainer = TrainRecipe(recipe, resume=args.resume_from or args.resume, force=args.force)
     trainer.setup()
     trainer.train()
     trainer.cleanup()

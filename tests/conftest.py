@@ -81,8 +81,9 @@ def small_manifest(tmp_path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def trained(tmp_path_factory):
-    """A tiny model trained for four steps on eight bundled clips: (trainer, rows)."""
+def trained_once(tmp_path_factory):
+    """A tiny model trained for four steps on eight bundled clips: (trainer, rows). Tests
+    take :func:`trained`, a copy, so that none sees what another changed."""
     import json
 
     from reasoning.config import load_recipe
@@ -98,3 +99,19 @@ def trained(tmp_path_factory):
     trainer.setup()
     trainer.train()
     return trainer, rows
+
+
+@pytest.fixture(scope="module")
+def trained(trained_once, tmp_path_factory):
+    """The trained run of :func:`trained_once` for one test module: its run folder copied,
+    and the trainer's recipe, state and the rows deep-copied (the model's weights are
+    shared: tests only read them)."""
+    import copy
+    import shutil
+
+    trainer, rows = trained_once
+    clone = copy.copy(trainer)
+    clone.output_dir = tmp_path_factory.mktemp("trained_copy") / trainer.output_dir.name
+    shutil.copytree(trainer.output_dir, clone.output_dir)
+    clone.recipe, clone.state = copy.deepcopy(trainer.recipe), copy.deepcopy(trainer.state)
+    return clone, copy.deepcopy(rows)

@@ -70,3 +70,46 @@ def test_qlora_step_on_cpu(tmp_path, local_models):
     lora = [p for n, p in model.named_parameters() if "lora_B" in n]
     assert lora and all(p.grad is not None and torch.isfinite(p.grad).all() for p in lora)
     assert not any(p.requires_grad for n, p in model.llm.named_parameters() if "base_layer" in n)
+
+
+def test_a_hub_id_fails_at_once_when_the_hub_cannot_be_reached(monkeypatch):
+    """Without HF_HUB_OFFLINE and without a network, huggingface_hub retries for tens of
+    seconds (26 s measured here, 53 s reported) before failing; the loaders fail at once."""
+    import time
+
+    from huggingface_hub import constants
+    from transformers import AutoConfig
+
+    from reasoning.builders import _from_pretrained
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "ENDPOINT", "https://hub.emoreason.invalid")
+    start = time.monotonic()
+    with pytest.raises(UserError, match="could not be fetched"):
+        _from_pretrained(AutoConfig, "emoreason-test/not-cached", "model.llm")
+    assert time.monotonic() - start < 10
+
+
+@pytest.mark.parametrize("loader", ["saliency", "hf rationale writer"])
+def test_the_loaders_outside_the_builders_fail_at_once_too(loader, tmp_path, monkeypatch):
+    """`emoreason select-layer --encoder ID` and `rationales --writer hf --model ID` call
+    from_pretrained themselves; without a reachable hub they too read only the disk."""
+    import time
+
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", "https://hub.emoreason.invalid")
+    start = time.monotonic()
+    with pytest.raises(UserError, match="emoreason-test/not-cached"):
+        if loader == "saliency":
+            import argparse
+
+            from reasoning import saliency
+            saliency.run(argparse.Namespace(encoder="emoreason-test/not-cached", manifest=str(SAMPLES),
+                                            target="emotion", split=[], max_clips=4, seed=0, out=str(tmp_path)))
+        else:
+            from reasoning.rationales.hf import HFWriter
+            HFWriter("emoreason-test/not-cached")
+    assert time.monotonic() - start < 10

@@ -84,3 +84,15 @@ def test_help_lists_every_key_with_its_help():
     for key in ("model.speech.mel_policy", "data.schedule", "train.grad_accum", "heads.emotion_loss"):
         assert key in text
     assert "Whisper" in text
+
+
+def test_mixed_precision_no_unquoted_is_accepted(tmp_path):
+    """YAML 1.1 reads an unquoted `no` as False; `train.mixed_precision: no` means "no"."""
+    tree = tiny_recipe_tree(tmp_path / "run", tmp_path / "m.jsonl")
+    tree["train"]["mixed_precision"] = yaml.safe_load("no")
+    assert load_recipe(tree=tree).train.mixed_precision == "no"
+    assert load_recipe(tree=tiny_recipe_tree(tmp_path / "run", tmp_path / "m.jsonl"),
+                       overrides=["train.mixed_precision=no"]).train.mixed_precision == "no"
+    tree["train"]["mixed_precision"] = True
+    with pytest.raises(RecipeError, match="mixed_precision"):
+        load_recipe(tree=tree)

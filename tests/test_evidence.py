@@ -217,8 +217,10 @@ def test_cli_writes_evidence_and_reruns_from_cache(tmp_path, capsys):
     out = tmp_path / "sub" / "with_evidence.jsonl"
     assert main(["evidence", "--manifest", str(path), "--out", str(out),
                  "--min-speaker-utterances", "2"]) == 0
-    printed = capsys.readouterr().out
-    assert "measured 3, cached 0, failed 0" in printed
+    printed = capsys.readouterr()
+    assert "measured 3, cached 0, failed 0" in printed.out
+    # the progress bar goes to stderr even when it is not a terminal (a log, a pipe)
+    assert "evidence" in printed.err and "3/3" in printed.err and "3/3" not in printed.out
     rows = read_manifest(out)  # relative audio paths were rebased for the new folder
     assert all(r["evidence"]["values"]["f0_mean_hz"] for r in rows)
     assert main(["evidence", "--manifest", str(out)]) == 0

@@ -16,8 +16,10 @@ def test_explain_a_folder_as_json(trained, tmp_path, capsys):
     for r in rows[:3]:
         shutil.copy(r["audio"], folder)
     assert main(["explain", str(folder), "--checkpoint", str(trainer.output_dir), "--json", "--top-k", "2"]) == 0
-    preds = json.loads(capsys.readouterr().out)
+    printed = capsys.readouterr()
+    preds = json.loads(printed.out)  # stdout holds the JSON only
     assert len(preds) == 3
+    assert "explain" in printed.err and "1/1" in printed.err  # progress on stderr, no terminal needed
     for p in preds:
         assert set(p) >= {"clip", "duration", "emotion", "probabilities", "top_k", "valence", "arousal", "rationale"}
         assert list(p["probabilities"]) == ["neutral", "happy", "angry", "sad"]
@@ -135,3 +137,18 @@ def test_device_flag_defaults_to_the_gpu_when_there_is_one_and_refuses_a_missing
     explainer = Explainer(trainer.output_dir, device="cpu")
     assert {p.device.type for p in explainer.model.parameters()} == {"cpu"}
     assert explainer.predict([{"id": "ok", "audio": str(tmp_path / "ok.wav")}], rationale=False)[0]["emotion"]
+
+
+def test_the_trained_fixture_is_a_copy_no_module_can_change(trained, trained_once):
+    """A test that edits the run folder, the recipe or the rows must not change what other
+    modules' tests see (the session fixture was shared and could be mutated)."""
+    (trainer, rows), (original, original_rows) = trained, trained_once
+    rows[0]["audio"] = "elsewhere.wav"
+    trainer.recipe.train.keep_last = 99
+    (trainer.output_dir / "checkpoint-000004" / "junk").write_text("x")
+    assert original_rows[0]["audio"] != "elsewhere.wav"
+    assert original.recipe.train.keep_last != 99
+    assert not (original.output_dir / "checkpoint-000004" / "junk").exists()
+    rows[0]["audio"] = original_rows[0]["audio"]  # the module's later tests read this copy
+    (trainer.output_dir / "checkpoint-000004" / "junk").unlink()
+    trainer.recipe.train.keep_last = original.recipe.train.keep_last

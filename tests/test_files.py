@@ -1,4 +1,5 @@
 import os
+import shutil
 import stat
 
 import pytest
@@ -89,3 +90,17 @@ def test_atomic_dir_flushes_every_file_to_disk_before_the_swap(tmp_path, monkeyp
         written = {str(p.resolve()) for p in [tmp, tmp / "adapter", tmp / "adapter" / "weights", tmp / "state.json"]}
     assert written - swaps[0] == set(), "each file and folder is on disk before the rename"
     assert str(tmp_path.resolve()) in synced[len(swaps[0]):], "and so is the rename"
+
+
+def test_a_failed_ffmpeg_extraction_leaves_no_file(tmp_path):
+    """prepare/clips.py writes through atomic_path: a clip ffmpeg cannot read leaves nothing
+    that a later run would take as extracted."""
+    from reasoning.errors import AudioError
+    from reasoning.prepare.clips import extract_wav
+    if shutil.which("ffmpeg") is None:
+        pytest.skip("ffmpeg is not installed")
+    src = tmp_path / "broken.mp4"
+    src.write_bytes(b"not a video")
+    with pytest.raises(AudioError, match="ffmpeg could not extract"):
+        extract_wav(str(src), str(tmp_path / "wav" / "broken.wav"))
+    assert os.listdir(tmp_path / "wav") == []

@@ -27,7 +27,7 @@ def random_rows(seed):
 
 
 def test_iemocap_leave_one_session_out():
-    p = PROTOCOLS["iemocap4-loso"]
+    p = PROTOCOLS["iemocap4"]
     rows, labels, excluded = select_rows(iemocap_rows(), p)
     assert labels == ["neutral", "happy", "angry", "sad"]
     assert excluded == {"label:fru": 10}
@@ -64,7 +64,7 @@ def test_loso_never_trains_on_a_test_speaker(seed, dev_speakers):
 def test_a_leaking_speaker_is_named():
     rows = iemocap_rows()
     rows[0]["split"] = "session2"  # Ses01F now speaks in session 1 and session 2
-    p = PROTOCOLS["iemocap4-loso"]
+    p = PROTOCOLS["iemocap4"]
     kept, _, _ = select_rows(rows, p)
     with pytest.raises(SpeakerLeakError, match="Ses01F"):
         list(iter_folds(kept, p))
@@ -74,7 +74,7 @@ def test_bad_split_and_missing_speaker_name_the_row():
     rows = iemocap_rows()
     rows[3]["split"] = "train"
     with pytest.raises(UserError, match=rows[3]["id"]):
-        list(iter_folds(rows, PROTOCOLS["iemocap4-loso"]))
+        list(iter_folds(rows, PROTOCOLS["iemocap4"]))
     rows = random_rows(0)
     rows[7]["speaker"] = None
     with pytest.raises(UserError, match="'u7'.*speaker"):
@@ -125,3 +125,14 @@ def test_aggregate_mean_and_sample_std():
     assert agg["speakers.share_uar_ge_0.75"]["mean"] == 0.5
     assert "n" not in agg and "confusion" not in agg and "speakers.speakers" not in agg
     assert aggregate_folds([{"ua": 0.4}])["ua"] == {"mean": 0.4, "std": None, "folds": 1}
+
+
+def test_one_registry_for_preparation_and_evaluation():
+    """The prepare name and the old evaluation name of IEMOCAP 4-class are one protocol."""
+    from reasoning.prepare.protocols import get_protocol as prepare_protocol
+    assert get_protocol("iemocap4-loso") is get_protocol("iemocap4") is prepare_protocol("iemocap4", "iemocap")
+    assert get_protocol("iemocap4").folds == "sessions"
+    with pytest.raises(UserError, match="for evaluation"):
+        get_protocol("iemocap_full")   # a label set without folds: preparation only
+    with pytest.raises(UserError, match="not a protocol for meld"):
+        prepare_protocol("meld-sentiment", "meld")  # sentiment is not an emotion label set

@@ -193,10 +193,11 @@ def test_asr_metrics_use_whisper_english_normalizer():
 def test_rationale_metrics_on_constructed_records():
     records = [
         {"text": "High pitch and loud.", "writer": "template", "emotion": "angry",
-         "verdict": {"passed": True, "claims": [{"cue": "pitch", "supported": True},
-                                                 {"cue": "loudness", "supported": True}]}},
-        {"text": "Slow and low.", "writer": "llm",
-         "verdict": {"passed": False, "emotion": "sad",
+         "verdict": "pass", "claims": [{"cue": "pitch", "supported": True},
+                                       {"cue": "loudness", "supported": True}]},
+        # the dict form explain wrote before the verdict schema was one
+        {"text": "Slow and low.", "writer": "llm", "emotion": "sad",
+         "verdict": {"passed": False,
                      "claims": [{"cue": "rate", "supported": False},
                                 {"cue": "pitch", "supported": True},
                                 {"cue": "pitch", "supported": True}]}},

@@ -183,7 +183,7 @@ def _rich_manifest(tmp_path):
         r["va_source"] = "annotated" if i < 6 else "derived"
         r["evidence"] = {"pitch_mean": {"value": 180.5 + i, "z": -0.25 * i}, "words": ["get", "out"]}
         r["rationale"] = ({"text": f"{r['emotion']}: loud voice.", "writer": "template",
-                           "verdict": {"passed": True, "claims": [["loud", "ok"]]}} if i != 4 else None)
+                           "verdict": "pass", "claims": [{"cue": "loudness"}]} if i != 4 else None)
         r["text_code"] = f"a0{i}"
         r["sentiment_score"] = i if i != 5 else 2.5
     path = tmp_path / "prepared" / "manifest.jsonl"

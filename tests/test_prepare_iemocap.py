@@ -257,8 +257,8 @@ def test_with_audio_drops_the_corrupt_clip_and_folds_by_session(release, tmp_pat
     assert result.card["durations"]["clips"] == 10
     assert result.card["split"]["speaker_disjoint"]
     # Leave-one-session-out: each session is the test fold once, speakers never shared.
-    kept, _, _ = select_rows(rows, PROTOCOLS["iemocap4-loso"])
-    pairs = list(iter_folds(kept, PROTOCOLS["iemocap4-loso"]))
+    kept, _, _ = select_rows(rows, PROTOCOLS["iemocap4"])
+    pairs = list(iter_folds(kept, PROTOCOLS["iemocap4"]))
     assert [name for name, _, _, _ in pairs] == ["session1", "session2"]
     for _, train, _, test in pairs:
         assert not {r["speaker"] for r in train} & {r["speaker"] for r in test}

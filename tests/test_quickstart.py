@@ -27,6 +27,11 @@ def test_quickstart_trains_evaluates_and_explains(tmp_path, capsys):
         assert last < first, task
     assert summary["eval"]["clips"] == 12 and summary["eval"]["rationale_pass"] is not None
     assert len(summary["explain"]) == 2
+    # the evaluation writes what `emoreason eval` writes, into the run folder (as the README says)
+    metrics = json.loads((out / "eval" / "metrics.json").read_text())
+    assert metrics["systems"]["model"]["pooled"]["ua"] == summary["eval"]["UA"]
+    assert set(metrics["systems"]) == {"model", "majority"}
+    assert (out / "eval" / "report.md").is_file() and list((out / "eval").rglob("*.png"))
     for p in summary["explain"]:  # the real LM writes words, not fragments of tokens
         assert p["rationale"] and len(p["rationale"].split()) >= 3
 

@@ -254,3 +254,22 @@ def test_cli_template(tmp_path, capsys):
     assert row["rationale"]["verdict"] == "pass" and row["rationale"]["text"].startswith("anger:")
     assert main(["rationales", "--manifest", str(path), "--writer", "openai"]) == 2
     assert "needs --model" in capsys.readouterr().err
+
+
+def test_rationale_metrics_read_the_record_the_rationale_stage_writes():
+    """One verdict schema: the record rationale_for writes (verdict 'pass', claims beside it)
+    is read whole by rationale_metrics, claims included; the dict form explain wrote before
+    is still read; any other verdict names the command that regenerates it."""
+    from reasoning.errors import UserError
+    from reasoning.metrics import rationale_metrics
+    from reasoning.rationales import rationale_for
+    from reasoning.rationales.verify import read_verdict
+    record, _ = rationale_for(RationaleRequest("u1", "anger", TRANSCRIPT, ANGRY), TemplateWriter())
+    assert record["verdict"] == "pass" and record["claims"]
+    m = rationale_metrics([record])
+    assert m["pass_rate"] == 1.0 and m["n_with_claims"] == 1 and m["cues_per_rationale"] >= 1
+    old = {"text": "x", "verdict": {"passed": False, "claims": [{"cue": "pitch", "supported": False}]}}
+    assert read_verdict(old) == (False, [{"cue": "pitch", "supported": False}])
+    assert read_verdict({"text": "x", "verdict": None}) == (None, None)
+    with pytest.raises(UserError, match="emoreason rationales"):
+        read_verdict({"text": "x", "verdict": "ok"}, source="m.jsonl row a")

@@ -66,8 +66,8 @@ def oracle_with_noise(fold, rows):
             "valence": [r["valence"] + rng.normal(0, 0.1) for r in rows],
             "arousal": [r["arousal"] + rng.normal(0, 0.1) for r in rows],
             "rationales": [{"text": "t", "writer": "template", "emotion": r["emotion"],
-                            "verdict": {"passed": i % 2 == 0, "claims": [{"cue": "pitch"}],
-                                        "passed_other_clip": i % 4 == 0}}
+                            "verdict": "pass" if i % 2 == 0 else "fail", "claims": [{"cue": "pitch"}],
+                            "passed_other_clip": i % 4 == 0}
                            for i, r in enumerate(rows)]}
 
 

@@ -83,7 +83,7 @@ def test_clip_specific_grounding_is_zero_for_a_rationale_that_fits_any_clip():
         {"text": "anger: a loud voice.", "emotion": "anger", "verdict": None},
         {"text": "sadness: a quiet voice and slower speech.", "emotion": "sadness", "verdict": None}]}
     m = rationale_metrics(verify_rationales(specific, rows)["rationales"], ["anger", "sadness"])
-    assert specific["rationales"][0]["verdict"]["other_clip"] == "s1_b"
+    assert specific["rationales"][0]["other_clip"] == "s1_b"
     assert (m["pass_rate"], m["other_clip_pass_rate"], m["clip_specific_grounding"]) == (1.0, 0.0, 1.0)
     generic = {"label_set": LABELS, "rationales": [  # "usual intonation" holds on both clips
         {"text": "anger: usual intonation.", "emotion": "anger", "verdict": None},

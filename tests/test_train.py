@@ -278,8 +278,40 @@ def test_training_again_into_a_finished_run_folder_is_refused(tmp_path, small_ma
     from reasoning.errors import UserError
 
     make_trainer(tmp_path, small_manifest, train={"max_steps": 1}).train()
-    with pytest.raises(UserError, match=r"already holds a run \(1 checkpoint\(s\).*--resume"):
+    with pytest.raises(UserError, match=r"already holds a run \(1 checkpoint\(s\).*--resume.*--force"):
         make_trainer(tmp_path, small_manifest, train={"max_steps": 1})
+
+
+def test_force_starts_the_run_folder_afresh(tmp_path, small_manifest):
+    """`emoreason train --force` into a finished run: the old checkpoints and loss log go, and
+    the folder holds the new run only (not two runs' losses appended)."""
+    make_trainer(tmp_path, small_manifest, train={"max_steps": 2}).train()
+    recipe = load_recipe(tree=tiny_recipe_tree(tmp_path / "run", small_manifest, train={"max_steps": 1}))
+    trainer = TrainRecipe(recipe, force=True)
+    trainer.setup()
+    history = trainer.train()
+    run = tmp_path / "run"
+    assert [p.name for p in list_checkpoints(run)] == ["checkpoint-000001"]
+    lines = [json.loads(x) for x in (run / "losses.jsonl").read_text().splitlines()]
+    assert lines == history and {h["step"] for h in lines} == {1}
+
+
+def test_log_with_tensorboard_writes_each_logged_loss(tmp_path, small_manifest):
+    """train.log_with [tensorboard]: accelerate's tracker writes the per-task mean losses and
+    the learning rate at the steps the log line reports them."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    trainer = make_trainer(tmp_path, small_manifest,
+                           train={"max_steps": 2, "log_every": 1, "log_with": ["tensorboard"]})
+    history = trainer.train()
+    trainer.cleanup(end_process_group=False)
+    logs = tmp_path / "run" / "trackers"
+    events = EventAccumulator(str(next(p.parent for p in logs.rglob("events.out.tfevents.*")))).Reload()
+    tags = events.Tags()["scalars"]
+    assert "lr" in tags and any(t.startswith("loss/") for t in tags)
+    for record in history:
+        (value,) = [e.value for e in events.Scalars(f"loss/{record['task']}") if e.step == record["step"]]
+        assert value == pytest.approx(record["loss"], rel=1e-6)
 
 
 def test_resume_takes_no_value_so_an_override_after_it_stays_an_override():

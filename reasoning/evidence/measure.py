@@ -223,7 +223,7 @@ def measure_manifest(
     iterator = todo
     if progress:
         from tqdm import tqdm
-        iterator = tqdm(todo, desc="evidence", unit="clip", disable=None)
+        iterator = tqdm(todo, desc="evidence", unit="clip", mininterval=2.0)  # on stderr, terminal or not
     for n, row in enumerate(iterator, 1):
         try:
             row["evidence"] = _measure_one(row, base)

@@ -57,7 +57,7 @@ def duration_stats(durations: list[float]) -> dict | None:
             "p95": round(float(np.percentile(d, 95)), 3), "max": round(float(d.max()), 3)}
 
 
-def _atomic_write(path: Path, text: str) -> None:
+def _write(path: Path, text: str) -> None:
     with atomic_file(path) as f:
         f.write(text)
 
@@ -137,8 +137,8 @@ def render_markdown(card: dict) -> str:
 def write_card(card: dict, out: Path) -> tuple[Path, Path]:
     """Write ``card.json`` and ``card.md`` into ``out`` (atomically)."""
     json_path, md_path = out / CARD_JSON, out / CARD_MD
-    _atomic_write(json_path, json.dumps(card, indent=1, ensure_ascii=False) + "\n")
-    _atomic_write(md_path, render_markdown(card))
+    _write(json_path, json.dumps(card, indent=1, ensure_ascii=False) + "\n")
+    _write(md_path, render_markdown(card))
     return md_path, json_path
 
 

@@ -9,8 +9,9 @@ from pathlib import Path
 import yaml
 
 from reasoning.errors import UserError
-from reasoning.prepare import DATASETS, PROTOCOLS, DerivedVAConfig, PrepareOptions, prepare
+from reasoning.prepare import DATASETS, DerivedVAConfig, PrepareOptions, prepare
 from reasoning.prepare.generic import COLUMN_KEYS
+from reasoning.prepare.protocols import protocol_names
 from reasoning.prepare.splits import SPLIT_STRATEGIES
 
 
@@ -80,7 +81,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="write the manifest from the annotations without reading audio")
     parser.add_argument("--force", action="store_true",
                         help="redo the preparation even when the output is up to date")
-    parser.add_argument("--protocol", choices=sorted(PROTOCOLS),
+    parser.add_argument("--protocol", choices=protocol_names(evaluation=False),
                         help="label protocol (default: iemocap4, meld7, emodb7, msp-podcast, all)")
     parser.add_argument("--split", choices=SPLIT_STRATEGIES,
                         help="official (IEMOCAP sessions, MELD train/dev/test, a --split-col), "

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from reasoning.audio import SAMPLE_RATE, load_audio
 from reasoning.errors import AudioError, UserError
+from reasoning.files import atomic_path
 from reasoning.prepare.va import DerivedVAConfig, clip_features
 
 
@@ -49,20 +50,16 @@ def extract_wav(src: str, dst: str) -> bool:
     if os.path.isfile(dst) and os.path.getsize(dst) > 44 and \
             os.path.getmtime(dst) >= os.path.getmtime(src):
         return False
-    os.makedirs(os.path.dirname(dst), exist_ok=True)
-    tmp = f"{dst}.part.wav"
-    # One thread per ffmpeg: the pool already puts one process on each core.
-    cmd = ["ffmpeg", "-nostdin", "-v", "error", "-y", "-threads", "1", "-i", src, "-vn",
-           "-ac", "1", "-ar", str(SAMPLE_RATE), "-c:a", "pcm_s16le", tmp]
-    proc = subprocess.run(cmd, capture_output=True)
-    if proc.returncode != 0 or not os.path.isfile(tmp):
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        lines = proc.stderr.decode(errors="replace").strip().splitlines()
-        raise AudioError(f"{src}: ffmpeg could not extract its audio "
-                         f"({lines[-1] if lines else 'no audio stream'}). The clip may be "
-                         "truncated or have no audio track; re-download it.")
-    os.replace(tmp, dst)
+    with atomic_path(dst, suffix=".wav") as tmp:
+        # One thread per ffmpeg: the pool already puts one process on each core.
+        cmd = ["ffmpeg", "-nostdin", "-v", "error", "-y", "-threads", "1", "-i", src, "-vn",
+               "-ac", "1", "-ar", str(SAMPLE_RATE), "-c:a", "pcm_s16le", str(tmp)]
+        proc = subprocess.run(cmd, capture_output=True)
+        if proc.returncode != 0 or tmp.stat().st_size == 0:
+            lines = proc.stderr.decode(errors="replace").strip().splitlines()
+            raise AudioError(f"{src}: ffmpeg could not extract its audio "
+                             f"({lines[-1] if lines else 'no audio stream'}). The clip may be "
+                             "truncated or have no audio track; re-download it.")
     return True
 
 

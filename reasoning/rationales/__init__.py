@@ -8,7 +8,7 @@
       "writer": "template" | "hf" | "openai",      # who wrote the text kept
       "requested_writer": the writer asked for,   # differs when it fell back
       "fallback": bool,                            # the template replaced a failing writer
-      "verdict": "pass" | "fail",                  # every claim supported?
+      "verdict": "pass" | "fail",                  # every claim supported? (verify.verdict_fields)
       "attempts": tries of the requested writer,
       "claims": [{"kind": "emotion" | "cue" | "quote", "text", "supported", "reason",
                   "cue", "direction", "strength", "negated"}],   # cue claims

@@ -28,10 +28,13 @@ class HFWriter:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from reasoning.builders import disk_only
+
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(model)
-            kwargs = {"dtype": getattr(torch, dtype)} if dtype else {}
-            self.model = AutoModelForCausalLM.from_pretrained(model, **kwargs).to(device).eval()
+            with disk_only(model):
+                self.tokenizer = AutoTokenizer.from_pretrained(model)
+                kwargs = {"dtype": getattr(torch, dtype)} if dtype else {}
+                self.model = AutoModelForCausalLM.from_pretrained(model, **kwargs).to(device).eval()
         except (OSError, ValueError) as err:
             raise UserError(f"--model {model}: cannot load a causal LM and tokenizer from it "
                             f"({err}). Give a local folder with config.json, weights and a "

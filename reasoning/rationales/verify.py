@@ -21,6 +21,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from reasoning.errors import UserError
 from reasoning.evidence.lexical import words
 from reasoning.rationales.cues import (WORD_FAMILY, Z_NOTABLE, Z_SLIGHT, Z_STRONG, Cue, compile_patterns,
                                        cue_z, family)
@@ -46,6 +47,34 @@ class Verdict:
     passed: bool
     claims: list[dict] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+
+
+PASS, FAIL = "pass", "fail"
+
+
+def verdict_fields(verdict: Verdict) -> dict:
+    """The verdict as every rationale record stores it (the rationale stage's manifest field
+    and explain's predictions alike): ``{"verdict": "pass" | "fail", "claims": [...],
+    "problems": [...]}``. The one writer of the schema; :func:`read_verdict` reads it."""
+    return {"verdict": PASS if verdict.passed else FAIL, "claims": verdict.claims,
+            "problems": verdict.problems}
+
+
+def read_verdict(record: dict, source: str = "a rationale record") -> tuple[bool | None, list | None]:
+    """``(passed, claims)`` of a rationale record; ``(None, None)`` when it was not verified.
+
+    Also reads the ``{"passed": bool, "claims": [...]}`` dict that ``emoreason explain``
+    wrote before the schema was one; any other verdict raises a UserError naming ``source``
+    and the command that writes it again."""
+    verdict = record.get("verdict")
+    if verdict is None:
+        return None, None
+    if verdict in (PASS, FAIL):
+        return verdict == PASS, record.get("claims")
+    if isinstance(verdict, dict) and isinstance(verdict.get("passed"), bool):
+        return verdict["passed"], verdict.get("claims")
+    raise UserError(f"{source}: rationale verdict {verdict!r} is neither 'pass' nor 'fail'. "
+                    "Write the rationales again with `emoreason rationales --manifest M --force`.")
 
 
 def _mask(text: str, start: int, end: int) -> str:

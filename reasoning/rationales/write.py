@@ -9,7 +9,7 @@ from typing import Sequence
 
 from reasoning.rationales.base import RationaleRequest, Writer, WriterError, normalize_output
 from reasoning.rationales.template import TemplateWriter
-from reasoning.rationales.verify import verify
+from reasoning.rationales.verify import read_verdict, verdict_fields, verify
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +32,9 @@ def make_writer(name: str, **options) -> Writer:
 
 
 def _record(text: str, writer: str, verdict, attempts: int, requested: str, errors: list[str]) -> dict:
-    return {"text": text, "writer": writer, "verdict": "pass" if verdict.passed else "fail",
+    return {"text": text, "writer": writer, **verdict_fields(verdict),
             "attempts": attempts, "requested_writer": requested,
-            "fallback": writer != requested, "claims": verdict.claims,
-            "problems": verdict.problems, "errors": errors}
+            "fallback": writer != requested, "errors": errors}
 
 
 def rationale_for(request: RationaleRequest, writer: Writer, max_attempts: int = MAX_ATTEMPTS,
@@ -90,7 +89,7 @@ def _still_good(row: dict, writer_name: str) -> bool:
     A template that stood in for a failing writer is not: the writer is asked again (its
     answers come from its cache where it has one, so this costs nothing twice)."""
     old = row.get("rationale")
-    if not (isinstance(old, dict) and old.get("text") and old.get("verdict") == "pass"
+    if not (isinstance(old, dict) and old.get("text") and read_verdict(old, f"row {row.get('id')!r}")[0]
             and old.get("writer") == writer_name and not old.get("fallback")):
         return False
     return verify(old["text"], row["evidence"], row["emotion"], row.get("transcript")).passed
@@ -177,7 +176,7 @@ def summarize(rows: list[dict], tally: Counter | None = None) -> dict:
     return {
         "per_writer": per_writer,
         "final_writers": dict(Counter(r["writer"] for r in rats)),
-        "final_pass": sum(r["verdict"] == "pass" for r in rats),
+        "final_pass": sum(bool(read_verdict(r)[0]) for r in rats),
         "rationales": len(rats),
         "fallbacks": sum(bool(r.get("fallback")) for r in rats),
         "claims_per_rationale": sum(n_claims) / len(n_claims) if n_claims else 0.0,

@@ -1,0 +1,37 @@
+"""Warnings a user cannot act on are silenced where they arise, and only those."""
+
+import logging
+import warnings
+
+import torch
+from transformers import AutoConfig, AutoModel
+
+from reasoning.builders import _config_dict, build_paralinguistic_encoder
+from reasoning.config import load_recipe
+
+from conftest import tiny_recipe_tree
+
+
+def test_the_bitsandbytes_kernels_hint_is_dropped_and_its_other_warnings_kept():
+    import reasoning  # noqa: F401 - installs the filter
+
+    logger = logging.getLogger("bitsandbytes.backends.cpu.ops")
+    hint = logger.makeRecord(logger.name, logging.WARNING, "ops.py", 1,
+                             "Failed to load CPU gemm_4bit_forward from kernels-community: %s. Please "
+                             "make sure you already `pip install kernels`", ("No module named 'kernels'",), None)
+    other = logger.makeRecord(logger.name, logging.WARNING, "ops.py", 1, "something else", (), None)
+    assert not logger.filter(hint) and logger.filter(other)
+
+
+def test_a_padded_wavlm_batch_raises_no_key_padding_mask_deprecation(tmp_path):
+    """transformers' WavLM passes a bool padding mask with a float position bias to torch's
+    attention, which warns on every padded batch; SSLEncoder silences that one warning."""
+    recipe = load_recipe(tree=tiny_recipe_tree(tmp_path / "run", tmp_path / "m.jsonl"))
+    p = recipe.model.paralinguistic  # the tiny WavLM of the test recipes
+    encoder = build_paralinguistic_encoder(p, AutoModel.from_config(AutoConfig.for_model(
+        **_config_dict(p.config, "model.paralinguistic.config"))))
+    waves = torch.randn(2, 8000)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        encoder(waves, torch.tensor([8000, 4000]))
+    assert not [w for w in caught if "key_padding_mask" in str(w.message)]

@@ -61,7 +61,7 @@ def trl_config(g, output_dir: str | Path, use_cpu: bool):
                       num_generations=g.num_generations, max_completion_length=g.max_completion_tokens,
                       num_iterations=g.iterations, learning_rate=g.lr, max_grad_norm=g.max_grad_norm,
                       per_device_train_batch_size=g.clips_per_step * g.num_generations, seed=g.seed,
-                      report_to="none", use_cpu=use_cpu, gradient_checkpointing=False)
+                      report_to="none", use_cpu=use_cpu, activation_checkpointing=False)
 
 
 def group_advantages(rewards: torch.Tensor, num_generations: int, scale: str = "group"):

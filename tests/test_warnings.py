@@ -3,6 +3,7 @@
 import logging
 import warnings
 
+import pytest
 import torch
 from transformers import AutoConfig, AutoModel
 
@@ -35,3 +36,14 @@ def test_a_padded_wavlm_batch_raises_no_key_padding_mask_deprecation(tmp_path):
         warnings.simplefilter("always")
         encoder(waves, torch.tensor([8000, 4000]))
     assert not [w for w in caught if "key_padding_mask" in str(w.message)]
+
+
+def test_the_grpo_stage_configures_trl_without_a_deprecation(tmp_path):
+    """`gradient_checkpointing=` is deprecated in transformers 5 and warned on every `emoreason grpo`."""
+    pytest.importorskip("trl")
+    from reasoning.config import GrpoConfig
+    from reasoning.grpo import trl_config
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        assert trl_config(GrpoConfig(), tmp_path, use_cpu=True).activation_checkpointing is False

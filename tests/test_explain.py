@@ -89,8 +89,9 @@ def test_batches_of_similar_duration_return_in_the_given_order(trained):
     assert [p["id"] for p in batched] == [r["id"] for r in rows] == [p["id"] for p in single]
     for b, s in zip(batched, single):
         assert b["duration"] == s["duration"]
-        np.testing.assert_allclose(list(b["probabilities"].values()), list(s["probabilities"].values()), atol=0.02)
-        np.testing.assert_allclose([b["valence"], b["arousal"]], [s["valence"], s["arousal"]], atol=0.02)
+        # alone or in a padded batch, every encoder reads the same frames of a clip
+        np.testing.assert_allclose(list(b["probabilities"].values()), list(s["probabilities"].values()), atol=1e-4)
+        np.testing.assert_allclose([b["valence"], b["arousal"]], [s["valence"], s["arousal"]], atol=1e-4)
 
 
 def test_one_unreadable_clip_is_skipped_and_the_others_are_explained(trained, tmp_path, capsys):

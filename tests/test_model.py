@@ -289,3 +289,25 @@ def test_va_loss_over_two_processes_is_the_loss_of_the_whole_batch(tmp_path):
         got = json.loads((tmp_path / f"ccc{rank}.json").read_text())
         assert got["split"] == pytest.approx(got["full"], rel=1e-6)
         assert got["grad_gap"] < 1e-5
+
+
+def test_the_va_pass_reads_hidden_states_without_the_lm_head(tiny):
+    """A `va` batch and predict_va read the hidden states alone: the LM head (V logits per
+    position) never runs, and the states are those of the full LM's pass."""
+    model, _, _, collate, rows = tiny
+    batch = collate(rows, "va")
+    calls = []
+    hook = model.llm.get_output_embeddings().register_forward_hook(lambda *a: calls.append(1))
+    try:
+        with torch.no_grad():
+            va = model.predict_va(batch)
+            loss = model(batch)["va"]
+    finally:
+        hook.remove()
+    assert calls == []
+    with torch.no_grad():
+        prompt = model.embed_prompt(batch)
+        full = model._run(prompt, batch["attention_mask"], output_hidden_states=True).hidden_states
+        expected = model.va_head(model.pooled_audio_state(full, batch["audio_mask"]))
+    torch.testing.assert_close(va, expected, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(loss, model._va_loss(expected, batch["va"]), atol=1e-6, rtol=1e-5)

@@ -136,3 +136,15 @@ def test_device_flag_defaults_to_the_gpu_when_there_is_one_and_refuses_a_missing
     explainer = Explainer(trainer.output_dir, device="cpu")
     assert {p.device.type for p in explainer.model.parameters()} == {"cpu"}
     assert explainer.predict([{"id": "ok", "audio": str(tmp_path / "ok.wav")}], rationale=False)[0]["emotion"]
+
+
+def test_load_for_inference_puts_every_parameter_and_buffer_on_the_device(trained):
+    """The model is built on the CPU; every part (encoders, projectors, heads, LLM) must
+    follow ``device``. The meta device stands in for a GPU here: nothing is left behind."""
+    from reasoning.checkpoint import load_for_inference
+
+    trainer, _ = trained
+    model, *_ = load_for_inference(trainer.output_dir, device="meta")
+    tensors = dict(model.named_parameters()) | dict(model.named_buffers())
+    assert {t.device.type for t in tensors.values()} == {"meta"}, \
+        sorted(n for n, t in tensors.items() if t.device.type != "meta")[:5]

@@ -135,9 +135,9 @@ class WhisperSpeechEncoder(nn.Module):
 
 def wave_normalization(path: str) -> bool:
     """Whether the SSL model at ``path`` (hub id or folder) was pre-trained on waveforms
-    z-normalised per clip: its feature extractor's ``do_normalize`` (wavlm-base-plus and
-    HuBERT base: no; wavlm-large: yes). A folder without a preprocessor config (a model
-    built from a config) takes the feature extractor's default, True."""
+    z-normalised per clip: its feature extractor's ``do_normalize`` (wavlm-base-plus: no).
+    A folder without a preprocessor config (a model built from a config) takes the
+    feature extractor's default, True."""
     from transformers import AutoFeatureExtractor
 
     from reasoning.pretrained import resolve_model_path

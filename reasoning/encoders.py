@@ -203,7 +203,8 @@ class SSLEncoder(nn.Module):
         self.group_norm = None
         if model.config.feat_extract_norm == "group":
             first = model.feature_extractor.conv_layers[0]
-            first.layer_norm = self.group_norm = MaskedGroupNorm(first.layer_norm)
+            norm = first.layer_norm  # already masked when a second encoder wraps the same model
+            first.layer_norm = self.group_norm = norm if isinstance(norm, MaskedGroupNorm) else MaskedGroupNorm(norm)
 
     def hidden_states(self, waves: torch.Tensor, wave_lengths: torch.Tensor) -> tuple[tuple, torch.Tensor]:
         """Every hidden layer ((B, T, D) each; 0 = the CNN features) and the frame lengths (B,).

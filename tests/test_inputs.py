@@ -30,6 +30,7 @@ def test_ssl_clip_alone_and_in_a_padded_batch_agree():
                                                torch.tensor([len(short), len(long)]))
     n = int(n_alone[0])
     assert n == int(n_batch[0]) == 49 and batch[0].shape[1] == 199
+    assert SSLEncoder(encoder.model).group_norm is encoder.group_norm  # a second wrapper reuses it
     for layer, (a, b) in enumerate(zip(alone, batch)):
         torch.testing.assert_close(b[0, :n], a[0, :n], atol=1e-4, rtol=1e-4, msg=f"layer {layer}")
 

@@ -1,6 +1,7 @@
 """Training and explain speed of the toolkit against the bare model, measured side by side.
 
     python benchmarks/train_speed.py [--steps 8] [--repeats 3] [--tiny] [--workers N]
+    python benchmarks/train_speed.py --before OLD_CHECKOUT [--before ...] [--steps 2] [--repeats 2]
 
 A mid-size random configuration (about 100 M parameters: Whisper-base-like encoder,
 a WavLM-like SSL encoder, a 12-layer LLM) is trained on the bundled clips. It prints:
@@ -22,14 +23,22 @@ compare two checkouts side by side); ``--workers N`` trains with ``data.num_work
 
 Each measurement alternates the two sides ``--repeats`` times and reports medians, since
 the machine is shared and noisy.
+
+``--before DIR`` (older code, e.g. ``git archive main | tar -x -C /tmp/main``) prints
+instead (f): the time of one training step (forward, backward, optimizer step; encoders
+uncached) per kind of batch, for each older tree and for this one, side by side, and the
+ratio to the first. Each tree runs in a process of its own (this script with
+``EMOREASON_BENCH_CODE`` pointing at it), alternated ``--repeats`` times.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -38,10 +47,11 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
+# The tree whose code is timed: this one, or the older checkout of a --before run.
+CODE = Path(os.environ.get("EMOREASON_BENCH_CODE", ROOT)).resolve()
+sys.path[:0] = [str(CODE), str(CODE / "tests")]
 
 from conftest import SAMPLES, tiny_recipe_tree  # noqa: E402
-from test_schedule import iemocap_like_durations, padded_over_real  # noqa: E402
 
 from reasoning.config import load_recipe  # noqa: E402
 from reasoning.data import TaskSchedule  # noqa: E402
@@ -105,13 +115,69 @@ def time_bare(trainer: TrainRecipe, batches: list[dict]) -> float:
     return (time.perf_counter() - start) / len(batches)
 
 
+# (f): kind of batch -> (task, heads.emotion_loss)
+STEP_CASES = {"emotion, emotion_loss lm": ("emotion", "lm"), "emotion, emotion_loss both": ("emotion", "both"),
+              "va": ("va", "lm"), "rationale": ("rationale", "lm")}
+
+
+def time_steps_per_case(steps: int) -> dict[str, float]:
+    """Seconds per training step of each of STEP_CASES, with the code of CODE."""
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = TrainRecipe(mid_recipe(Path(tmp)))
+        trainer.setup()
+        trainer.unwrapped.caches = {}  # every step encodes its clips, as in (a)
+        rows = trainer.rows[:8]
+        times = {}
+        for case, (task, emotion_loss) in STEP_CASES.items():
+            trainer.unwrapped.emotion_loss = emotion_loss
+            batches = [trainer.collate(rows, task)] * (steps + 1)
+            time_bare(trainer, batches[:1])  # warm-up: CPU kernels are chosen per shape
+            times[case] = time_bare(trainer, batches[1:])
+        trainer.cleanup()
+    return times
+
+
+def compare_trees(before: list[str], steps: int, repeats: int) -> None:
+    """Print (f): step time per kind of batch of each tree in ``before`` and of this one."""
+    trees = [Path(b).resolve() for b in before] + [ROOT]
+    runs: dict[Path, list[dict]] = {t: [] for t in trees}
+    for _ in range(repeats):
+        for tree in trees:
+            env = {**os.environ, "EMOREASON_BENCH_CODE": str(tree), "PYTHONPATH": str(tree)}
+            out = subprocess.run([sys.executable, __file__, "--time-steps", "--steps", str(steps)], env=env,
+                                 check=True, capture_output=True, text=True).stdout
+            runs[tree].append(json.loads(out.strip().splitlines()[-1]))
+    med = {t: {c: statistics.median(r[c] for r in runs[t]) for c in STEP_CASES} for t in trees}
+    names = [t.name for t in trees]
+    print(f"(f) seconds per training step, median of {repeats}; {steps} steps each; "
+          f"torch threads {torch.get_num_threads()}")
+    print(f"{'batch':28s}" + "".join(f"{n:>22s}" for n in names) + "".join(f"{'/ first':>10s}" for _ in trees[1:]))
+    for case in STEP_CASES:
+        first = med[trees[0]][case]
+        print(f"{case:28s}" + "".join(f"{med[t][case]:22.3f}" for t in trees)
+              + "".join(f"{med[t][case] / first:10.3f}" for t in trees[1:]))
+    print(json.dumps({str(t): med[t] for t in trees}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=8, help="training steps per timing")
     parser.add_argument("--repeats", type=int, default=3, help="alternations of the two sides")
     parser.add_argument("--tiny", action="store_true", help="the tiny configs of data/tiny/ instead of the mid-size one")
     parser.add_argument("--workers", type=int, default=0, help="data.num_workers of the training DataLoader")
+    parser.add_argument("--before", action="append", default=[],
+                        help="a checkout of older code: print (f), its step times beside this tree's (repeatable)")
+    parser.add_argument("--time-steps", action="store_true", help=argparse.SUPPRESS)  # one tree of --before
     args = parser.parse_args()
+    if args.time_steps:
+        print(json.dumps(time_steps_per_case(args.steps)))
+        return
+    if args.before:
+        compare_trees(args.before, args.steps, args.repeats)
+        return
+    from test_schedule import iemocap_like_durations, padded_over_real
+
     torch.manual_seed(0)
     results = {}
     with tempfile.TemporaryDirectory() as tmp:

@@ -21,7 +21,7 @@ from torch import nn
 
 from reasoning.cache import EncoderCache, encoder_key
 from reasoning.config import Recipe
-from reasoning.encoders import OpenSmileEncoder, SSLEncoder, WhisperSpeechEncoder
+from reasoning.encoders import OpenSmileEncoder, SSLEncoder, WhisperSpeechEncoder, wave_normalization
 from reasoning.errors import RecipeError, UserError
 from reasoning.model import DualEncoderLLM, Projector, VAHead
 from reasoning.pretrained import missing_model_hint, resolve_model_path
@@ -194,7 +194,7 @@ def build_paralinguistic_encoder(cfg, ssl: nn.Module | None = None) -> nn.Module
                           f"({n} layers: use 0..{n}, -1 for the last, or `weighted`).")
     if cfg.freeze:
         freeze(ssl)
-    return SSLEncoder(ssl, cfg.layer)
+    return SSLEncoder(ssl, cfg.layer, normalize=wave_normalization(cfg.path))
 
 
 def build_llm(cfg, lora, device: torch.device | None = None):
@@ -261,6 +261,8 @@ def attach_caches(model: DualEncoderLLM, recipe: Recipe) -> None:
                                layer=m.speech.layer),
                 "paralinguistic": dict(path=m.paralinguistic.path, layer=m.paralinguistic.layer,
                                        max_seconds=m.speech.max_seconds)}
+    if m.paralinguistic.kind == "ssl":  # the waveform it reads: z-normalised or not (do_normalize)
+        settings["paralinguistic"]["normalize"] = model.paralinguistic_encoder.normalize
     for name, encoder in (("speech", model.speech_encoder), ("paralinguistic", model.paralinguistic_encoder)):
         if encoder is None or any(p.requires_grad for p in encoder.parameters()):
             log.info("encoder cache: %s encoder has trainable parameters and is not cached", name)

@@ -242,7 +242,8 @@ class Collator:
 
     def wave(self, row: dict, epoch: int | None = None) -> np.ndarray:
         """The clip of ``row``, augmented when this is a training batch (``epoch`` given),
-        then cut to ``max_seconds``: cut first, a stretched clip could outgrow the limit."""
+        then cut to ``max_seconds``: in the other order a clip stretched by tempo or speed
+        would outgrow the limit."""
         wave = self.audio(row)
         if epoch is not None and self.augment is not None and not self.cached:
             wave = self.augment(wave, f"{epoch}:{row['id']}")

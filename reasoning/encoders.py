@@ -9,6 +9,7 @@ already constructed (see :mod:`reasoning.builders`); none reads files.
 from __future__ import annotations
 
 import hashlib
+import logging
 import warnings
 
 import numpy as np
@@ -18,6 +19,8 @@ from transformers import WhisperFeatureExtractor
 
 from reasoning.audio import SAMPLE_RATE
 from reasoning.cache import LRUCache
+
+log = logging.getLogger(__name__)
 
 WHISPER_HOP = 160            # samples per mel frame (10 ms)
 WHISPER_WINDOW_FRAMES = 3000  # 30 s of mel frames
@@ -152,9 +155,64 @@ class WhisperSpeechEncoder(nn.Module):
         return states[-1], lengths
 
 
+def wave_normalization(path: str) -> bool:
+    """Whether the SSL model at ``path`` (hub id or folder) was pre-trained on waveforms
+    z-normalised per clip: its feature extractor's ``do_normalize`` (wavlm-base-plus: no).
+    A folder without a preprocessor config (a model built from a config) takes the
+    feature extractor's default, True."""
+    from transformers import AutoFeatureExtractor
+
+    from reasoning.pretrained import resolve_model_path
+
+    try:
+        extractor = AutoFeatureExtractor.from_pretrained(resolve_model_path(path))
+    except (OSError, ValueError):  # no preprocessor_config.json there
+        log.info("%s has no feature extractor config: its waveforms are z-normalised per clip", path)
+        return True
+    return bool(extractor.do_normalize)
+
+
+class MaskedGroupNorm(nn.Module):
+    """The group norm of an SSL model's first convolution (``feat_extract_norm="group"``:
+    one group per channel, statistics over time) taken over each clip's real frames only.
+
+    ``nn.GroupNorm`` averages over the padding too, so a 1 s clip beside a 4 s one got other
+    features than alone. The weights are the original module's (same state-dict keys).
+    ``lengths`` (B,): real frames of the convolution's output, set by :class:`SSLEncoder`
+    around each call; None: every frame is real, exactly as ``nn.GroupNorm``.
+    """
+
+    def __init__(self, norm: nn.GroupNorm):
+        super().__init__()
+        if norm.num_groups != norm.num_channels or not norm.affine:
+            raise ValueError("MaskedGroupNorm replaces a GroupNorm with one group per channel and weights")
+        self.weight, self.bias, self.eps = norm.weight, norm.bias, norm.eps
+        self.lengths: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, T) -> (B, C, T), zero past each clip's real frames."""
+        if self.lengths is None:
+            return nn.functional.group_norm(x, x.shape[1], self.weight, self.bias, self.eps)
+        h = x.float()
+        real = (torch.arange(h.shape[-1], device=h.device)[None, :] < self.lengths.to(h.device)[:, None])
+        real = real[:, None, :].float()                                  # (B, 1, T)
+        n = real.sum(-1, keepdim=True).clamp(min=1)
+        mean = (h * real).sum(-1, keepdim=True) / n
+        var = (((h - mean) * real) ** 2).sum(-1, keepdim=True) / n
+        h = (h - mean) * torch.rsqrt(var + self.eps) * self.weight.float()[:, None] + self.bias.float()[:, None]
+        return (h * real).to(x.dtype)
+
+
 class SSLEncoder(nn.Module):
     """A transformers speech SSL model (WavLM, HuBERT, wav2vec2) read at one hidden layer,
-    or through learned softmax weights over all of them (``layer="weighted"``)."""
+    or through learned softmax weights over all of them (``layer="weighted"``).
+
+    A clip's features are the same alone and in any padded batch: the model gets the
+    attention mask, and the group norm over time of a ``feat_extract_norm="group"`` model
+    (wavlm-base-plus, HuBERT base) becomes a :class:`MaskedGroupNorm`. ``normalize``: z-normalise
+    each clip's waveform first, as the model's feature extractor does when its
+    ``do_normalize`` is set (:func:`wave_normalization`).
+    """
 
     def __init__(self, model: nn.Module, layer: int | str = "weighted", normalize: bool = True):
         super().__init__()
@@ -164,6 +222,11 @@ class SSLEncoder(nn.Module):
         self.hidden_size = model.config.hidden_size
         n_layers = model.config.num_hidden_layers + 1  # + the CNN feature projection
         self.layer_weights = nn.Parameter(torch.zeros(n_layers)) if layer == "weighted" else None
+        self.group_norm = None
+        if model.config.feat_extract_norm == "group":
+            first = model.feature_extractor.conv_layers[0]
+            norm = first.layer_norm  # already masked when a second encoder wraps the same model
+            first.layer_norm = self.group_norm = norm if isinstance(norm, MaskedGroupNorm) else MaskedGroupNorm(norm)
 
     def hidden_states(self, waves: torch.Tensor, wave_lengths: torch.Tensor) -> tuple[tuple, torch.Tensor]:
         """Every hidden layer ((B, T, D) each; 0 = the CNN features) and the frame lengths (B,).
@@ -175,11 +238,21 @@ class SSLEncoder(nn.Module):
             var = (((waves - mean) * mask) ** 2).sum(1, keepdim=True) / n
             waves = (waves - mean) / torch.sqrt(var + 1e-7) * mask
         dtype = next(self.model.parameters()).dtype
-        with warnings.catch_warnings():
-            # transformers' WavLM hands torch's attention a bool padding mask beside its float
-            # position bias, and torch warns on every padded batch; nothing for a user to do.
-            warnings.filterwarnings("ignore", message="Support for mismatched key_padding_mask", category=UserWarning)
-            out = self.model(waves.to(dtype), attention_mask=mask.long(), output_hidden_states=True)
+        if self.group_norm is not None:
+            # Real frames of the first convolution (no padding, so its frames past a clip's end
+            # are the only ones that read the zeros after it). Set for this call only; the SSL
+            # model is never gradient-checkpointed, so no backward recomputes it without them.
+            conv = self.model.feature_extractor.conv_layers[0].conv
+            self.group_norm.lengths = (wave_lengths - conv.kernel_size[0]) // conv.stride[0] + 1
+        try:
+            with warnings.catch_warnings():
+                # transformers' WavLM hands torch's attention a bool padding mask beside its float
+                # position bias, and torch warns on every padded batch; nothing for a user to do.
+                warnings.filterwarnings("ignore", message="Support for mismatched key_padding_mask", category=UserWarning)
+                out = self.model(waves.to(dtype), attention_mask=mask.long(), output_hidden_states=True)
+        finally:
+            if self.group_norm is not None:
+                self.group_norm.lengths = None
         hidden = tuple(getattr(out, "hidden_states", None) or ())
         frames = hidden[0].shape[1] if hidden else 0
         lengths = self.model._get_feat_extract_output_lengths(wave_lengths).clamp(max=frames)

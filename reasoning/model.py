@@ -191,6 +191,14 @@ class DualEncoderLLM(nn.Module):
         positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
         return self.llm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, **kw)
 
+    def _hidden_states(self, embeds: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Every layer's (B, P, H) hidden states of the prompt, from the LLM without its LM head
+        (LoRA still inside): a pass that reads the states alone never computes a logit."""
+        positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+        decoder = self.llm.get_decoder()  # peft forwards the call to the wrapped causal LM
+        return decoder(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
+                       output_hidden_states=True, use_cache=False).hidden_states
+
     def lm_loss(self, batch: dict, prompt_embeds: torch.Tensor, want_hidden: bool = False):
         """Next-token loss on the target text (teacher forcing)."""
         tgt_emb = self.llm.get_input_embeddings()(batch["target_ids"])
@@ -249,9 +257,8 @@ class DualEncoderLLM(nn.Module):
         want_va = task == "va" or (task == "emotion" and self.va_in_emotion)
         want_gender = self.gender_head is not None and self.gender_weight > 0 and task in ("emotion", "va")
         need_pooled = want_va or want_gender
-        if task == "va":  # hidden states only: one position through the LM head
-            out = self._run(prompt, batch["attention_mask"], output_hidden_states=True, logits_to_keep=1)
-            pooled = self.pooled_audio_state(out.hidden_states, mask)
+        if task == "va":  # hidden states only: no LM head
+            pooled = self.pooled_audio_state(self._hidden_states(prompt, batch["attention_mask"]), mask)
         elif task == "emotion" and self.emotion_loss in ("soft", "both"):
             loglik, pooled = self._score(batch, prompt, pooled=need_pooled)  # (B, L)
             if self.emotion_loss == "both":
@@ -343,8 +350,8 @@ class DualEncoderLLM(nn.Module):
         """(B, D) valence, arousal (and dominance) in [-1, 1], in ``heads.dimensions`` order."""
         if prompt_embeds is None:
             prompt_embeds = self.embed_prompt(batch)
-        out = self._run(prompt_embeds, batch["attention_mask"], output_hidden_states=True, logits_to_keep=1)
-        return self.va_head(self.pooled_audio_state(out.hidden_states, batch["audio_mask"]))
+        hidden = self._hidden_states(prompt_embeds, batch["attention_mask"])
+        return self.va_head(self.pooled_audio_state(hidden, batch["audio_mask"]))
 
     @torch.no_grad()
     def generate(self, batch: dict, eos_token_id: list[int], pad_token_id: int,

@@ -72,9 +72,10 @@ def saliency_scores(features: np.ndarray, targets: list, target: str) -> np.ndar
 
 @torch.no_grad()
 def layer_features(model: torch.nn.Module, waves: list[np.ndarray], batch_size: int = 8,
-                   where: str = LAYER_KEY, progress: bool = True) -> np.ndarray:
+                   where: str = LAYER_KEY, progress: bool = True, normalize: bool = True) -> np.ndarray:
     """Mean-pooled hidden states (N, L, D) of ``model`` (a transformers speech SSL model,
-    L = its layers + 1) over ``waves`` (mono float32 at 16 kHz)."""
+    L = its layers + 1) over ``waves`` (mono float32 at 16 kHz); ``normalize``: z-normalise
+    each waveform first (the model's ``do_normalize``, :func:`reasoning.encoders.wave_normalization`)."""
     from reasoning.encoders import SSLEncoder
 
     fix = ("give model.paralinguistic.layer an integer instead of `auto`" if where == LAYER_KEY
@@ -82,7 +83,7 @@ def layer_features(model: torch.nn.Module, waves: list[np.ndarray], batch_size: 
     if not hasattr(getattr(model, "config", None), "num_hidden_layers"):
         raise RecipeError(f"{where}: layer selection compares the encoder's hidden layers, but "
                           f"{type(model).__name__} has no config.num_hidden_layers: {fix}.")
-    encoder = SSLEncoder(model, layer=0).eval()
+    encoder = SSLEncoder(model, layer=0, normalize=normalize).eval()
     device = next(model.parameters()).device
     out = []
     for i in tqdm(range(0, len(waves), batch_size), desc="select-layer", disable=not progress):
@@ -110,7 +111,7 @@ def target_rows(rows: list[dict], target: str, labels: list[str] | None = None) 
 
 def select_layer(model: torch.nn.Module, rows: list[dict], target: str, max_clips: int = 200,
                  seed: int = 0, labels: list[str] | None = None, where: str = LAYER_KEY,
-                 audio: AudioCache | None = None) -> dict:
+                 audio: AudioCache | None = None, normalize: bool = True) -> dict:
     """Score every hidden layer of ``model`` on a seeded subset of ``rows``.
 
     Returns ``{"target", "scores": [S_0 .. S_L], "best", "clips", "ids", "formula"}``.
@@ -129,7 +130,7 @@ def select_layer(model: torch.nn.Module, rows: list[dict], target: str, max_clip
         raise UserError(f"layer selection for {target}: every selected clip has the same value "
                         f"({targets[0]}); no layer can be told apart.")
     audio = audio or AudioCache(max_mb=0)
-    feats = layer_features(model, [audio(r) for r in usable], where=where)
+    feats = layer_features(model, [audio(r) for r in usable], where=where, normalize=normalize)
     scores = saliency_scores(feats, targets, target)
     return {"target": target, "scores": [round(float(s), 6) for s in scores],
             "best": int(np.argmax(scores)), "clips": len(usable), "ids": [r["id"] for r in usable],
@@ -172,6 +173,7 @@ def resolve_auto_layer(recipe: Recipe, rows: list[dict], out_dir: str | Path,
     from transformers import AutoModel
 
     from reasoning.builders import _from_pretrained
+    from reasoning.encoders import wave_normalization
 
     p = recipe.model.paralinguistic
     seed = recipe.train.seed
@@ -185,7 +187,8 @@ def resolve_auto_layer(recipe: Recipe, rows: list[dict], out_dir: str | Path,
             log.info("layer: auto -> %d (cached in %s)", p.layer, cache)
             return p.layer
     model = _from_pretrained(AutoModel, p.path, "model.paralinguistic").eval().to(device)
-    result = select_layer(model, rows, p.auto_target, p.auto_max_clips, seed, recipe.data.labels)
+    result = select_layer(model, rows, p.auto_target, p.auto_max_clips, seed, recipe.data.labels,
+                          normalize=wave_normalization(p.path))
     del model  # the training model loads its own copy
     result.update(fingerprint=key, encoder=str(p.path))
     out.mkdir(parents=True, exist_ok=True)
@@ -212,6 +215,7 @@ def run(args: argparse.Namespace) -> int:
     from transformers import AutoModel
 
     from reasoning.builders import disk_only
+    from reasoning.encoders import wave_normalization
     from reasoning.manifest import read_manifest
 
     rows = [r for r in read_manifest(args.manifest) if not args.split or r.get("split") in args.split]
@@ -224,7 +228,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--encoder {args.encoder}: could not load it ({str(err).strip().splitlines()[0]}). "
                         "Give a local folder with config.json and the weights; offline, download a hub id "
                         "elsewhere first (`hf download ID --local-dir DIR`).") from err
-    result = select_layer(model, rows, args.target, args.max_clips, args.seed, where="--encoder")
+    result = select_layer(model, rows, args.target, args.max_clips, args.seed, where="--encoder",
+                          normalize=wave_normalization(args.encoder))
     result["encoder"] = args.encoder
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -58,11 +58,19 @@ def test_ssl_layer_out_of_range(tmp_path, local_models):
         build_model(recipe)
 
 
-def test_qlora_step_on_cpu(tmp_path, local_models):
+def test_qlora_step_on_cpu(tmp_path, local_models, monkeypatch):
     import bitsandbytes as bnb
 
-    model, tokenizer = build_model(recipe_with(tmp_path, local_models, quantization="4bit", dtype="bfloat16"))
+    from reasoning import builders
+
+    loads, load = [], builders._from_pretrained
+    monkeypatch.setattr(builders, "_from_pretrained", lambda cls, path, where, **kw: loads.append((where, kw))
+                        or load(cls, path, where, **kw))
+    model, tokenizer = build_model(recipe_with(tmp_path, local_models, quantization="4bit", dtype="bfloat16"),
+                                   device=torch.device("cpu"))
     assert any(isinstance(m, bnb.nn.Linear4bit) for m in model.llm.modules())
+    # an explicit device map: bitsandbytes places the LLM on the device the encoders go to
+    assert [kw.get("device_map") for where, kw in loads if where == "model.llm"] == [{"": torch.device("cpu")}]
     collate = Collator(PromptBuilder(tokenizer, ["neutral", "happy", "angry", "sad"], model.num_audio_tokens),
                        AudioCache())
     losses = model(collate(read_manifest(SAMPLES)[:2], "rationale"))

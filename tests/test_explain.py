@@ -91,8 +91,9 @@ def test_batches_of_similar_duration_return_in_the_given_order(trained):
     assert [p["id"] for p in batched] == [r["id"] for r in rows] == [p["id"] for p in single]
     for b, s in zip(batched, single):
         assert b["duration"] == s["duration"]
-        np.testing.assert_allclose(list(b["probabilities"].values()), list(s["probabilities"].values()), atol=0.02)
-        np.testing.assert_allclose([b["valence"], b["arousal"]], [s["valence"], s["arousal"]], atol=0.02)
+        # alone or in a padded batch, every encoder reads the same frames of a clip
+        np.testing.assert_allclose(list(b["probabilities"].values()), list(s["probabilities"].values()), atol=1e-4)
+        np.testing.assert_allclose([b["valence"], b["arousal"]], [s["valence"], s["arousal"]], atol=1e-4)
 
 
 def test_one_unreadable_clip_is_skipped_and_the_others_are_explained(trained, tmp_path, capsys):
@@ -152,3 +153,15 @@ def test_the_trained_fixture_is_a_copy_no_module_can_change(trained, trained_onc
     rows[0]["audio"] = original_rows[0]["audio"]  # the module's later tests read this copy
     (trainer.output_dir / "checkpoint-000004" / "junk").unlink()
     trainer.recipe.train.keep_last = original.recipe.train.keep_last
+
+
+def test_load_for_inference_puts_every_parameter_and_buffer_on_the_device(trained):
+    """The model is built on the CPU; every part (encoders, projectors, heads, LLM) must
+    follow ``device``. The meta device stands in for a GPU here: nothing is left behind."""
+    from reasoning.checkpoint import load_for_inference
+
+    trainer, _ = trained
+    model, *_ = load_for_inference(trainer.output_dir, device="meta")
+    tensors = dict(model.named_parameters()) | dict(model.named_buffers())
+    assert {t.device.type for t in tensors.values()} == {"meta"}, \
+        sorted(n for n, t in tensors.items() if t.device.type != "meta")[:5]

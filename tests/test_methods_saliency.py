@@ -29,7 +29,7 @@ class PlantedEncoder(nn.Module):
 
     def __init__(self, layers: int = 5, dim: int = 8, hidden: bool = True):
         super().__init__()
-        self.config = SimpleNamespace(num_hidden_layers=layers, hidden_size=dim)
+        self.config = SimpleNamespace(num_hidden_layers=layers, hidden_size=dim, feat_extract_norm="layer")
         self.scale = nn.Parameter(torch.ones(dim))
         self.hidden = hidden
 

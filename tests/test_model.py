@@ -316,3 +316,25 @@ def test_the_mel_computed_on_the_waves_device_matches_whisper_numpy_mel(tiny, n_
     assert frames.tolist() == [-(-len(c) // 160) for c in clips]
     with torch.autocast("cpu", dtype=torch.bfloat16):
         torch.testing.assert_close(enc.mel(waves, lengths)[0], feats)
+
+
+def test_the_va_pass_reads_hidden_states_without_the_lm_head(tiny):
+    """A `va` batch and predict_va read the hidden states alone: the LM head (V logits per
+    position) never runs, and the states are those of the full LM's pass."""
+    model, _, _, collate, rows = tiny
+    batch = collate(rows, "va")
+    calls = []
+    hook = model.llm.get_output_embeddings().register_forward_hook(lambda *a: calls.append(1))
+    try:
+        with torch.no_grad():
+            va = model.predict_va(batch)
+            loss = model(batch)["va"]
+    finally:
+        hook.remove()
+    assert calls == []
+    with torch.no_grad():
+        prompt = model.embed_prompt(batch)
+        full = model._run(prompt, batch["attention_mask"], output_hidden_states=True).hidden_states
+        expected = model.va_head(model.pooled_audio_state(full, batch["audio_mask"]))
+    torch.testing.assert_close(va, expected, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(loss, model._va_loss(expected, batch["va"]), atol=1e-6, rtol=1e-5)

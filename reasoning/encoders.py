@@ -155,15 +155,17 @@ class WhisperSpeechEncoder(nn.Module):
         return states[-1], lengths
 
 
-def wave_normalization(path: str) -> bool:
+def wave_normalization(path: str | None) -> bool:
     """Whether the SSL model at ``path`` (hub id or folder) was pre-trained on waveforms
     z-normalised per clip: its feature extractor's ``do_normalize`` (wavlm-base-plus: no).
-    A folder without a preprocessor config (a model built from a config) takes the
-    feature extractor's default, True."""
+    A model built from a config (no ``path``), or a folder without a preprocessor config,
+    takes the feature extractor's default, True."""
     from transformers import AutoFeatureExtractor
 
     from reasoning.pretrained import resolve_model_path
 
+    if path is None:
+        return True
     try:
         extractor = AutoFeatureExtractor.from_pretrained(resolve_model_path(path))
     except (OSError, ValueError):  # no preprocessor_config.json there

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from reasoning.builders import build_model, materialize
-from reasoning.config import load_recipe
-from reasoning.data import AudioCache, Collator, PromptBuilder
+from reasoning.model.builders import build_model, materialize
+from reasoning.training.config import load_recipe
+from reasoning.tasks.data import AudioCache, Collator, PromptBuilder
 from reasoning.errors import RecipeError, UserError
 from reasoning.manifest import read_manifest
 
@@ -80,7 +80,7 @@ def test_a_hub_id_fails_at_once_when_the_hub_cannot_be_reached(monkeypatch):
     from huggingface_hub import constants
     from transformers import AutoConfig
 
-    from reasoning.builders import _from_pretrained
+    from reasoning.model.builders import _from_pretrained
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
@@ -106,7 +106,7 @@ def test_the_loaders_outside_the_builders_fail_at_once_too(loader, tmp_path, mon
         if loader == "saliency":
             import argparse
 
-            from reasoning import saliency
+            from reasoning.model import saliency
             saliency.run(argparse.Namespace(encoder="emoreason-test/not-cached", manifest=str(SAMPLES),
                                             target="emotion", split=[], max_clips=4, seed=0, out=str(tmp_path)))
         else:

@@ -119,7 +119,7 @@ def test_clips_are_checked_before_the_model_is_loaded(tmp_path, capsys):
 
 def test_device_flag_defaults_to_the_gpu_when_there_is_one_and_refuses_a_missing_one(trained, tmp_path, capsys,
                                                                                  monkeypatch):
-    from reasoning.checkpoint import resolve_device
+    from reasoning.training.checkpoint import resolve_device
 
     trainer, _ = trained
     sf.write(tmp_path / "ok.wav", np.zeros(1600, np.float32), 16000)

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from reasoning.augment import Augmenter, build_augmenter
-from reasoning.config import AugmentConfig, load_recipe
-from reasoning.data import AudioCache, Collator, PromptBuilder
+from reasoning.training.augment import Augmenter, build_augmenter
+from reasoning.training.config import AugmentConfig, load_recipe
+from reasoning.tasks.data import AudioCache, Collator, PromptBuilder
 from reasoning.errors import RecipeError
 from reasoning.manifest import read_manifest
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from reasoning.audio import SAMPLE_RATE, load_audio
-from reasoning.cache import LRUCache
+from reasoning.model.cache import LRUCache
 from reasoning.manifest import DIMENSIONS
 from reasoning.prepare.splits import balanced_subset, example_weights
 from reasoning.rationales.template import describe_cues

@@ -44,7 +44,7 @@ from conftest import SAMPLES, tiny_recipe_tree  # noqa: E402
 from test_schedule import iemocap_like_durations, padded_over_real  # noqa: E402
 
 from reasoning.training.config import load_recipe  # noqa: E402
-from reasoning.tasks.data import TaskSchedule  # noqa: E402
+from reasoning.tasks.schedule import TaskSchedule  # noqa: E402
 from reasoning.explain import Explainer  # noqa: E402
 from reasoning.manifest import read_manifest  # noqa: E402
 from reasoning.training.train import TrainRecipe  # noqa: E402

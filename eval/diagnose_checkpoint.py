@@ -26,7 +26,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from reasoning.evaluation.baselines import _logistic
-from reasoning.tasks.data import to_device
+from reasoning.tasks.collate import to_device
 from reasoning.explain import Explainer
 from reasoning.manifest import read_manifest
 from reasoning.evaluation.metrics import unweighted_recall

@@ -26,7 +26,8 @@ from tqdm.auto import tqdm
 
 from reasoning.audio import SAMPLE_RATE, duration, load_audio
 from reasoning.training.checkpoint import add_device_argument, load_for_inference, resolve_device
-from reasoning.tasks.data import AudioCache, Collator, PromptBuilder, to_device
+from reasoning.tasks.collate import AudioCache, Collator, to_device
+from reasoning.tasks.prompts import PromptBuilder
 from reasoning.errors import AudioError, UserError
 from reasoning.manifest import DIMENSIONS
 

@@ -3,7 +3,8 @@ import torch
 
 from reasoning.model.builders import build_model, materialize
 from reasoning.training.config import load_recipe
-from reasoning.tasks.data import AudioCache, Collator, PromptBuilder
+from reasoning.tasks.collate import AudioCache, Collator
+from reasoning.tasks.prompts import PromptBuilder
 from reasoning.errors import RecipeError, UserError
 from reasoning.manifest import read_manifest
 

@@ -11,7 +11,7 @@ from conftest import SAMPLES, TINY, tiny_recipe_tree
 
 from reasoning.training.checkpoint import COMPLETE_FILE, EXPORT_FILE, read_recipe
 from reasoning.cli import main
-from reasoning.tasks.data import to_device
+from reasoning.tasks.collate import to_device
 from reasoning.errors import UserError
 from reasoning.evaluation.evaluate import probe_speech_config
 from reasoning.explain import Explainer

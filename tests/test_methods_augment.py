@@ -6,7 +6,8 @@ import torch
 
 from reasoning.training.augment import Augmenter, build_augmenter
 from reasoning.training.config import AugmentConfig, load_recipe
-from reasoning.tasks.data import AudioCache, Collator, PromptBuilder
+from reasoning.tasks.collate import AudioCache, Collator
+from reasoning.tasks.prompts import PromptBuilder
 from reasoning.errors import RecipeError
 from reasoning.manifest import read_manifest
 

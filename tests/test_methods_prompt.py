@@ -11,7 +11,8 @@ from transformers import AutoTokenizer
 
 from reasoning.audio import duration
 from reasoning.training.config import load_recipe
-from reasoning.tasks.data import AudioCache, Collator, PromptBuilder, va_text
+from reasoning.tasks.collate import AudioCache, Collator
+from reasoning.tasks.prompts import PromptBuilder, va_text
 from reasoning.errors import RecipeError, UserError
 from reasoning.evaluation.evaluate import MODEL_NAME, ORACLE_NAME, evaluate_rows
 from reasoning.explain import Explainer, predict_rows, stated_emotion

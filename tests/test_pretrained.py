@@ -88,7 +88,7 @@ def test_smollm2_answers_through_its_chat_template(smollm):
 
 
 def test_prompt_placeholder_and_label_scoring_with_the_real_tokenizer(smollm):
-    from reasoning.tasks.data import PromptBuilder
+    from reasoning.tasks.prompts import PromptBuilder
 
     _, tokenizer = smollm
     labels = ["neutral", "happy", "angry", "sad"]

@@ -145,7 +145,7 @@ def test_the_losses_a_batch_reports_depend_on_its_task_only(trained, emotion_los
     """The loop reduces each reported loss over the processes, one collective per key: a
     process whose clips have no known gender, no votes or no VA must report the same keys
     as one whose clips have them all, or the processes hang."""
-    from reasoning.tasks.data import to_device
+    from reasoning.tasks.collate import to_device
 
     trainer, rows = trained
     model = trainer.unwrapped

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from reasoning.model.cache import EncoderCache, encoder_key
 from reasoning.training.checkpoint import resolve_device
-from reasoning.tasks.data import AudioCache, cut_clip
+from reasoning.tasks.collate import AudioCache, cut_clip
 from reasoning.model.encoders import WhisperSpeechEncoder
 from reasoning.errors import AudioError
 from reasoning.pretrained import resolve_model_path

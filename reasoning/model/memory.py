@@ -317,7 +317,7 @@ class Lengths:
 def plan_lengths(recipe: Recipe, audio_tokens: int, tokenizer, clip_seconds: float | None = None,
                  prompt_tokens: int | None = None, target_tokens: int = DEFAULT_TARGET_TOKENS) -> Lengths:
     """Batch, clip and sequence lengths of the estimate (see the module docstring)."""
-    from reasoning.tasks.data import PromptBuilder
+    from reasoning.tasks.prompts import PromptBuilder
 
     d = recipe.data
     tasks = list(d.tasks)

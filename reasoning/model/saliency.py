@@ -38,7 +38,7 @@ import torch
 from tqdm.auto import tqdm
 
 from reasoning.training.config import LAYER_TARGETS, Recipe
-from reasoning.tasks.data import AudioCache
+from reasoning.tasks.collate import AudioCache
 from reasoning.errors import RecipeError, UserError
 
 log = logging.getLogger(__name__)

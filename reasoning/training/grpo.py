@@ -39,7 +39,8 @@ from tqdm.auto import tqdm
 from reasoning.training.checkpoint import (add_device_argument, checkpoint_dirs, load_for_inference, read_recipe,
                                   resolve_checkpoint, resolve_device, save_checkpoint)
 from reasoning.training.config import RECIPE_NAME, GrpoConfig, Recipe, describe_fields, load_recipe, save_recipe
-from reasoning.tasks.data import AudioCache, Collator, PromptBuilder, to_device
+from reasoning.tasks.collate import AudioCache, Collator, to_device
+from reasoning.tasks.prompts import PromptBuilder
 from reasoning.errors import RecipeError, UserError
 from reasoning.manifest import read_manifest
 from reasoning.training.rewards import REWARDS, Completion, has_evidence

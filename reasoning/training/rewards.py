@@ -47,7 +47,7 @@ def label_reward(c: Completion, row: dict) -> float:
 
 def votes_reward(c: Completion, row: dict) -> float:
     """The share of the row's ``emotion_votes`` (within the label set) for the stated label."""
-    from reasoning.tasks.data import vote_distribution
+    from reasoning.tasks.collate import vote_distribution
 
     stated = _stated(c)
     return 0.0 if stated is None else vote_distribution(row, c.labels)[c.labels.index(stated)]

@@ -1,8 +1,8 @@
 """Training: ``accelerate launch -m reasoning.training.train --config recipes/X.yaml [key=value ...]``
 or ``emoreason train --config recipes/X.yaml``.
 
-One task per batch, in the order the seeded :class:`~reasoning.tasks.data.TaskSchedule` plans,
-read through a DataLoader that replays that plan (:func:`~reasoning.tasks.data.schedule_loader`;
+One task per batch, in the order the seeded :class:`~reasoning.tasks.schedule.TaskSchedule` plans,
+read through a DataLoader that replays that plan (:func:`~reasoning.tasks.schedule.schedule_loader`;
 ``data.num_workers`` prepare the next batches while the model trains). The loop reads
 ``batch["task"]`` only to log the loss per task.
 """
@@ -28,8 +28,9 @@ from reasoning.training.checkpoint import (checkpoint_dirs, load_trainable, load
                                  resolve_checkpoint, rng_state, save_checkpoint)
 from reasoning.training.config import RECIPE_NAME, Recipe, describe_fields, load_recipe, save_recipe
 from reasoning.training.augment import build_augmenter
-from reasoning.tasks.data import (TRANSCRIPT_TASKS, VA_PROMPT_TASKS, AudioCache, Collator, PromptBuilder, TaskSchedule,
-                            schedule_loader, task_target, to_device)
+from reasoning.tasks.collate import AudioCache, Collator, to_device
+from reasoning.tasks.prompts import TRANSCRIPT_TASKS, VA_PROMPT_TASKS, PromptBuilder, task_target
+from reasoning.tasks.schedule import TaskSchedule, schedule_loader
 from reasoning.training.distributed import gather_rows, layer_classes
 from reasoning.errors import RecipeError, UserError
 from reasoning.files import remove_dir

@@ -61,7 +61,7 @@ def missing_requirements(cpu: bool) -> list[str]:
             missing.append(f"a GPU visible to torch {torch.__version__} (CUDA build: {torch.version.cuda}); "
                            "or run with --cpu")
     if not missing:
-        for module in ("reasoning.train", "reasoning.explain", "reasoning.memory"):
+        for module in ("reasoning.training.train", "reasoning.explain", "reasoning.model.memory"):
             try:
                 importlib.import_module(module)
             except ImportError as err:
@@ -135,10 +135,10 @@ class Peak:
 def run_training(name: str, args) -> dict:
     import torch
 
-    from reasoning.builders import materialize
-    from reasoning.config import load_recipe
-    from reasoning.memory import VARIANTS, estimate_memory, recipe_variant
-    from reasoning.train import TrainRecipe
+    from reasoning.model.builders import materialize
+    from reasoning.training.config import load_recipe
+    from reasoning.model.memory import VARIANTS, estimate_memory, recipe_variant
+    from reasoning.training.train import TrainRecipe
 
     work = Path(args.work)
     recipe = load_recipe(tree=stage_tree(name, work, args.steps, args.tiny, args.cpu))
@@ -170,10 +170,10 @@ def run_training(name: str, args) -> dict:
 
 
 def run_explain(args) -> dict:
-    from reasoning.config import load_recipe
+    from reasoning.training.config import load_recipe
     from reasoning.explain import Explainer
     from reasoning.manifest import read_manifest
-    from reasoning.memory import VARIANTS, estimate_memory, recipe_variant
+    from reasoning.model.memory import VARIANTS, estimate_memory, recipe_variant
 
     run = Path(args.work) / "small_lora" / "run"
     if not run.is_dir():

@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from test_schedule import iemocap_like_durations, padded_over_real  # noqa: E402
 
-from reasoning.data import TaskSchedule  # noqa: E402
+from reasoning.tasks.schedule import TaskSchedule  # noqa: E402
 
 
 def main() -> None:

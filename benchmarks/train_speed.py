@@ -53,11 +53,11 @@ sys.path[:0] = [str(CODE), str(CODE / "tests")]
 
 from conftest import SAMPLES, tiny_recipe_tree  # noqa: E402
 
-from reasoning.config import load_recipe  # noqa: E402
-from reasoning.data import TaskSchedule  # noqa: E402
+from reasoning.training.config import load_recipe  # noqa: E402
+from reasoning.tasks.schedule import TaskSchedule  # noqa: E402
 from reasoning.explain import Explainer  # noqa: E402
 from reasoning.manifest import read_manifest  # noqa: E402
-from reasoning.train import TrainRecipe  # noqa: E402
+from reasoning.training.train import TrainRecipe  # noqa: E402
 
 MID_WHISPER = {"num_mel_bins": 80, "d_model": 512, "encoder_layers": 6, "encoder_attention_heads": 8,
                "encoder_ffn_dim": 2048, "decoder_layers": 1, "decoder_attention_heads": 8,

@@ -25,11 +25,11 @@ import torch
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from reasoning.baselines import _logistic
-from reasoning.data import to_device
+from reasoning.evaluation.baselines import _logistic
+from reasoning.tasks.collate import to_device
 from reasoning.explain import Explainer
 from reasoning.manifest import read_manifest
-from reasoning.metrics import unweighted_recall
+from reasoning.evaluation.metrics import unweighted_recall
 
 
 def passes(ex: Explainer, rows: list[dict], swap: str | None = None, batch_size: int = 16) -> dict:

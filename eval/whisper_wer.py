@@ -5,7 +5,7 @@ the speech encoder the recipes freeze hears the words of a corpus).
         --model '$EMOREASON_MODELS/whisper-base' --language de
 
 Greedy decoding of each clip with the model's own decoder, then corpus WER and CER after
-Whisper's language-independent text normalizer (``reasoning.metrics.asr_metrics``). Prints
+Whisper's language-independent text normalizer (``reasoning.evaluation.metrics.asr_metrics``). Prints
 one line of figures and a few of the worst utterances; ``--out`` also writes every
 hypothesis as JSON Lines.
 """
@@ -22,7 +22,7 @@ from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
 from reasoning.audio import SAMPLE_RATE, load_audio
 from reasoning.manifest import read_manifest
-from reasoning.metrics import asr_metrics
+from reasoning.evaluation.metrics import asr_metrics
 from reasoning.pretrained import resolve_model_path
 
 

@@ -1,4 +1,23 @@
-"""emoreason: fine-tune audio LLMs to recognise emotion in speech and explain it."""
+"""emoreason: fine-tune audio LLMs to recognise emotion in speech and explain it.
+
+The packages, in data-flow order:
+
+* ``prepare``: a corpus as released -> ``manifest.jsonl`` and a dataset card;
+* ``evidence``: acoustic and lexical cues measured per utterance;
+* ``rationales``: evidence-grounded explanations, each claim verified;
+* ``tasks``: manifest rows -> prompts, targets and single-task batches on a seeded schedule;
+* ``model``: the audio encoders, the dual-encoder LLM with its VA head, the builders, the
+  encoder cache, the memory estimate and SSL layer selection;
+* ``training``: the recipe, the training loop, checkpoints, multi-process helpers,
+  augmentation, GRPO and its rewards;
+* ``evaluation``: folds, metrics, baselines, the encoder probe, ``eval``, reports,
+  ``benchmark`` and ``compare``;
+* ``pretrained``: the packaged real Whisper and SmolLM2, as transformers folders.
+
+At the top: ``explain`` (inference and verification), ``demo``, ``export``, ``quickstart``,
+``cli`` (the ``emoreason`` command), and what every stage shares: ``audio``, ``manifest``,
+``files``, ``errors``.
+"""
 
 __version__ = "0.1.0"
 

@@ -22,13 +22,13 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "prepare": ("reasoning.prepare.cli", "turn a corpus into a manifest.jsonl with a dataset card"),
     "evidence": ("reasoning.evidence.cli", "measure acoustic and lexical evidence per utterance"),
     "rationales": ("reasoning.rationales.cli", "write and verify rationales from the evidence"),
-    "train": ("reasoning.train", "fine-tune a model from a YAML recipe"),
-    "grpo": ("reasoning.grpo", "refine a trained checkpoint with GRPO: label, vote, verifier-grounding and format rewards"),
-    "eval": ("reasoning.evaluate", "evaluate a checkpoint and the baselines on a manifest under a protocol"),
-    "benchmark": ("reasoning.benchmark", "train and evaluate every fold of a protocol, baselines side by side"),
-    "compare": ("reasoning.compare", "put several benchmark runs of one protocol in one table"),
-    "estimate-memory": ("reasoning.memory", "estimate parameters and GPU memory of a recipe, before downloading anything"),
-    "select-layer": ("reasoning.saliency", "score each SSL layer for emotion, valence or arousal and pick the best"),
+    "train": ("reasoning.training.train", "fine-tune a model from a YAML recipe"),
+    "grpo": ("reasoning.training.grpo", "refine a trained checkpoint with GRPO: label, vote, verifier-grounding and format rewards"),
+    "eval": ("reasoning.evaluation.evaluate", "evaluate a checkpoint and the baselines on a manifest under a protocol"),
+    "benchmark": ("reasoning.evaluation.benchmark", "train and evaluate every fold of a protocol, baselines side by side"),
+    "compare": ("reasoning.evaluation.compare", "put several benchmark runs of one protocol in one table"),
+    "estimate-memory": ("reasoning.model.memory", "estimate parameters and GPU memory of a recipe, before downloading anything"),
+    "select-layer": ("reasoning.model.saliency", "score each SSL layer for emotion, valence or arousal and pick the best"),
     "explain": ("reasoning.explain", "predict the emotion of clips and explain it"),
     "demo": ("reasoning.demo", "a web page (Gradio) that explains clips and shows the evidence behind each claim"),
     "export": ("reasoning.export", "a model folder with a model card, or a manifest as a Hugging Face dataset"),
@@ -38,7 +38,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="emoreason", description=reasoning.__doc__)
+    # The first line only: the rest of the package docstring is a map of the code.
+    parser = argparse.ArgumentParser(prog="emoreason", description=reasoning.__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True

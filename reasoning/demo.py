@@ -35,7 +35,7 @@ from collections import Counter
 from pathlib import Path
 
 from reasoning.audio import SAMPLE_RATE, load_audio
-from reasoning.checkpoint import add_device_argument, resolve_device
+from reasoning.training.checkpoint import add_device_argument, resolve_device
 from reasoning.errors import AudioError, UserError
 from reasoning.evidence import Z_FEATURE_UNITS, Z_FEATURES, measure_alone
 from reasoning.explain import Explainer, label_first

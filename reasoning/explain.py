@@ -25,8 +25,9 @@ import torch
 from tqdm.auto import tqdm
 
 from reasoning.audio import SAMPLE_RATE, duration, load_audio
-from reasoning.checkpoint import add_device_argument, load_for_inference, resolve_device
-from reasoning.data import AudioCache, Collator, PromptBuilder, to_device
+from reasoning.training.checkpoint import add_device_argument, load_for_inference, resolve_device
+from reasoning.tasks.collate import AudioCache, Collator, to_device
+from reasoning.tasks.prompts import PromptBuilder
 from reasoning.errors import AudioError, UserError
 from reasoning.manifest import DIMENSIONS
 
@@ -190,7 +191,7 @@ def label_first(text: str, labels: list[str]) -> str:
 
 
 def prediction_dict(labels: list[str], preds: list[dict], prompt: dict | None = None) -> dict:
-    """Explainer outputs in the form ``emoreason eval`` consumes (see reasoning.evaluate).
+    """Explainer outputs in the form ``emoreason eval`` consumes (see reasoning.evaluation.evaluate).
 
     ``prompt`` (:meth:`Explainer.prompt_meta`) says what the prompts held. With model
     transcripts (``transcript: asr``) they come back as ``transcripts`` (scored by WER);
@@ -227,7 +228,7 @@ def other_clips(rows: list[dict]) -> list[int | None]:
     checked against (clip-specific grounding): the next one by id, cyclically, with measured
     evidence and another gold label, else with the same label; None when the speaker has no
     other clip with evidence. Deterministic: it depends on the rows' ids only."""
-    from reasoning.rewards import has_evidence
+    from reasoning.training.rewards import has_evidence
 
     by_speaker: dict = {}
     for i in sorted(range(len(rows)), key=lambda i: str(rows[i]["id"])):
@@ -251,7 +252,7 @@ def verify_rationales(pred: dict, rows: list[dict]) -> dict:
     the verdict fields (:func:`reasoning.rationales.verify.verdict_fields`), ``passed_other_clip``
     (None without such a clip) and ``other_clip``."""
     from reasoning.rationales.verify import verdict_fields, verify
-    from reasoning.rewards import has_evidence
+    from reasoning.training.rewards import has_evidence
 
     others = other_clips(rows)
     for rec, row, other in zip(pred["rationales"] or [], rows, others):

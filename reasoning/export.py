@@ -20,7 +20,7 @@ Layout of ``DIR``::
     complete.json        written last: every file and its size (as in a checkpoint)
 
 ``emoreason explain`` and ``emoreason demo`` take DIR as ``--checkpoint``
-(:func:`reasoning.checkpoint.load_for_inference`). The folder is written beside its final
+(:func:`reasoning.training.checkpoint.load_for_inference`). The folder is written beside its final
 place and renamed into it, so a killed export leaves no half folder under that name.
 
 Merging: the base LLM is loaded in the recipe's dtype, unquantised, the adapter is applied with
@@ -42,7 +42,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from reasoning.checkpoint import (
+from reasoning.training.checkpoint import (
     ADAPTER_DIR,
     EXPORT_FILE,
     MODULES_FILE,
@@ -52,12 +52,12 @@ from reasoning.checkpoint import (
     resolve_checkpoint,
     write_complete,
 )
-from reasoning.config import RECIPE_NAME, Recipe, save_recipe
+from reasoning.training.config import RECIPE_NAME, Recipe, save_recipe
 from reasoning.errors import UserError
 from reasoning.files import atomic_dir
 from reasoning.manifest import read_manifest, write_manifest
 from reasoning.pretrained import resolve_model_path
-from reasoning.report import METRICS_NAME, package_versions
+from reasoning.evaluation.report import METRICS_NAME, package_versions
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ def merge_llm(ckpt: Path, recipe: Recipe):
 
     from peft import PeftModel
 
-    from reasoning.builders import build_llm
+    from reasoning.model.builders import build_llm
 
     cfg = dataclasses.replace(recipe.model.llm, quantization="none", gradient_checkpointing=False)
     base, tokenizer = build_llm(cfg, None)
@@ -115,7 +115,7 @@ def merge_llm(ckpt: Path, recipe: Recipe):
 def training_rows(recipe: Recipe) -> tuple[list[dict], str | None]:
     """The rows of the recipe's training manifest and split, and why there are none (the
     manifest is not on this machine or does not load)."""
-    from reasoning.train import rows_in_splits
+    from reasoning.training.train import rows_in_splits
 
     d = recipe.data
     if not d.train_manifest or not Path(d.train_manifest).is_file():
@@ -159,7 +159,7 @@ def training_evidence(ckpt: Path, recipe: Recipe) -> tuple[list[dict], str]:
 
 
 def _figures(m: dict) -> dict:
-    """The headline figures of one ``score_prediction`` result (reasoning.evaluate)."""
+    """The headline figures of one ``score_prediction`` result (reasoning.evaluation.evaluate)."""
     out = {"clips": m.get("n"), "UA": m.get("ua"), "WA": m.get("wa"), "macro-F1": m.get("macro_f1")}
     top2 = (m.get("k_best") or {}).get("top2")
     if top2 is not None:

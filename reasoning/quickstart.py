@@ -15,15 +15,15 @@ from pathlib import Path
 
 import numpy as np
 
-from reasoning.benchmark import EVAL_DIR
-from reasoning.config import load_recipe
+from reasoning.evaluation.benchmark import EVAL_DIR
+from reasoning.training.config import load_recipe
 from reasoning.errors import UserError
-from reasoning.evaluate import evaluate_rows
+from reasoning.evaluation.evaluate import evaluate_rows
 from reasoning.evidence import measure_manifest
 from reasoning.explain import Explainer, format_summary, prediction_dict, verify_rationales
 from reasoning.manifest import read_manifest, write_manifest
 from reasoning.rationales import write_rationales
-from reasoning.train import TrainRecipe, rows_in_splits
+from reasoning.training.train import TrainRecipe, rows_in_splits
 
 log = logging.getLogger(__name__)
 

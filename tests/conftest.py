@@ -86,8 +86,8 @@ def trained_once(tmp_path_factory):
     take :func:`trained`, a copy, so that none sees what another changed."""
     import json
 
-    from reasoning.config import load_recipe
-    from reasoning.train import TrainRecipe
+    from reasoning.training.config import load_recipe
+    from reasoning.training.train import TrainRecipe
 
     tmp = tmp_path_factory.mktemp("trained")
     rows = [json.loads(x) for x in SAMPLES.read_text().splitlines()][:8]

@@ -10,8 +10,8 @@ import torch
 import torch.distributed as dist
 from accelerate import PartialState
 
-from reasoning.model import DualEncoderLLM
-from reasoning.distributed import gather_rows
+from reasoning.model.dual_encoder import DualEncoderLLM
+from reasoning.training.distributed import gather_rows
 
 state = PartialState(cpu=True)  # the launch is on CPU processes
 torch.manual_seed(0)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
-from reasoning.config import load_recipe
-from reasoning.train import TrainRecipe
+from reasoning.training.config import load_recipe
+from reasoning.training.train import TrainRecipe
 
 
 def trainable(model):

@@ -29,8 +29,8 @@ import yaml
 from accelerate.state import AcceleratorState, GradientState, PartialState
 from accelerate.utils import DistributedType
 
-from reasoning.config import load_recipe
-from reasoning.train import TrainRecipe
+from reasoning.training.config import load_recipe
+from reasoning.training.train import TrainRecipe
 
 _init = AcceleratorState.__init__
 _FullStateDictConfig = torch_fsdp.FullStateDictConfig

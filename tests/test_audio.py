@@ -5,7 +5,7 @@ import pytest
 import soundfile as sf
 
 from reasoning.audio import SAMPLE_RATE, load_audio
-from reasoning.data import AudioCache, cut_clip
+from reasoning.tasks.collate import AudioCache, cut_clip
 from reasoning.errors import AudioError
 
 

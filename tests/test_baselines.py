@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from reasoning.baselines import (EgemapsCache, egemaps_baseline, extract_egemaps,
+from reasoning.evaluation.baselines import (EgemapsCache, egemaps_baseline, extract_egemaps,
                                  majority_baseline, tfidf_baseline)
 from reasoning.errors import UserError
-from reasoning.metrics import classification_metrics
+from reasoning.evaluation.metrics import classification_metrics
 
 LABELS = ["angry", "sad"]
 

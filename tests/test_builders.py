@@ -1,9 +1,10 @@
 import pytest
 import torch
 
-from reasoning.builders import build_model, materialize
-from reasoning.config import load_recipe
-from reasoning.data import AudioCache, Collator, PromptBuilder
+from reasoning.model.builders import build_model, materialize
+from reasoning.training.config import load_recipe
+from reasoning.tasks.collate import AudioCache, Collator
+from reasoning.tasks.prompts import PromptBuilder
 from reasoning.errors import RecipeError, UserError
 from reasoning.manifest import read_manifest
 
@@ -61,7 +62,7 @@ def test_ssl_layer_out_of_range(tmp_path, local_models):
 def test_qlora_step_on_cpu(tmp_path, local_models, monkeypatch):
     import bitsandbytes as bnb
 
-    from reasoning import builders
+    from reasoning.model import builders
 
     loads, load = [], builders._from_pretrained
     monkeypatch.setattr(builders, "_from_pretrained", lambda cls, path, where, **kw: loads.append((where, kw))
@@ -88,7 +89,7 @@ def test_a_hub_id_fails_at_once_when_the_hub_cannot_be_reached(monkeypatch):
     from huggingface_hub import constants
     from transformers import AutoConfig
 
-    from reasoning.builders import _from_pretrained
+    from reasoning.model.builders import _from_pretrained
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
@@ -114,7 +115,7 @@ def test_the_loaders_outside_the_builders_fail_at_once_too(loader, tmp_path, mon
         if loader == "saliency":
             import argparse
 
-            from reasoning import saliency
+            from reasoning.model.dual_encoder import saliency
             saliency.run(argparse.Namespace(encoder="emoreason-test/not-cached", manifest=str(SAMPLES),
                                             target="emotion", split=[], max_clips=4, seed=0, out=str(tmp_path)))
         else:

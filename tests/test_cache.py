@@ -1,8 +1,8 @@
 import pytest
 
-from reasoning.builders import build_model, materialize
-from reasoning.config import load_recipe
-from reasoning.train import TrainRecipe
+from reasoning.model.builders import build_model, materialize
+from reasoning.training.config import load_recipe
+from reasoning.training.train import TrainRecipe
 
 from conftest import tiny_recipe_tree
 
@@ -28,7 +28,7 @@ def test_cached_and_uncached_training_give_the_same_losses(tmp_path, small_manif
     # (the WavLM-style encoder's group norm leaves the padding out).
     assert cached == pytest.approx(plain, rel=1e-4, abs=1e-4)
 
-    from reasoning.checkpoint import load_for_inference
+    from reasoning.training.checkpoint import load_for_inference
     assert load_for_inference(tmp_path / "b")[0].caches == {}, "prediction encodes every clip afresh"
 
 
@@ -47,7 +47,7 @@ def test_a_changed_encoder_setting_or_clip_invalidates_the_cache(tmp_path, small
     other = key_dirs(mel_policy="pad30")
     assert other["speech"] != base["speech"] and other["paralinguistic"] == base["paralinguistic"]
 
-    from reasoning.cache import clip_key
+    from reasoning.model.cache import clip_key
     import shutil
     clip = tmp_path / "clip.wav"
     shutil.copy(tiny_recipe_tree.__globals__["SAMPLES"].parent / "wav" / "spk1_sad_0.wav", clip)
@@ -68,7 +68,7 @@ def test_trainable_encoders_are_not_cached(tmp_path, small_manifest):
 def test_the_memory_cache_drops_the_least_recently_used_arrays_past_its_limit():
     import numpy as np
 
-    from reasoning.cache import LRUCache
+    from reasoning.model.cache import LRUCache
 
     cache = LRUCache(max_bytes=3 * 400)
     arrays = {k: np.full(100, i, dtype=np.float32) for i, k in enumerate("abcd")}  # 400 bytes each

@@ -6,7 +6,7 @@ import logging
 import torch
 from safetensors.torch import load_file
 
-from reasoning.checkpoint import (RNG_FILE, SCALER_FILE, load_training_state, restore_rng_state, rng_state,
+from reasoning.training.checkpoint import (RNG_FILE, SCALER_FILE, load_training_state, restore_rng_state, rng_state,
                                   save_checkpoint)
 
 
@@ -26,7 +26,7 @@ def test_each_process_resumes_with_its_own_random_state(trained, tmp_path, caplo
     assert set(load_file(ckpt / RNG_FILE)) == {"torch.0", "torch.1"}
     for rank in (0, 1):
         torch.manual_seed(99)
-        with caplog.at_level(logging.WARNING, logger="reasoning.checkpoint"):
+        with caplog.at_level(logging.WARNING, logger="reasoning.training.checkpoint"):
             load_training_state(ckpt, trainer.optimizer, trainer.scheduler, rank=rank, world=2)
         assert torch.equal(torch.get_rng_state(), states[rank]["torch"]), rank
     assert "random state" not in caplog.text
@@ -41,7 +41,7 @@ def test_a_checkpoint_with_one_random_state_still_resumes(tmp_path, caplog):
     torch.manual_seed(0)
     restore_rng_state({"torch": old["torch"]})
     assert torch.equal(torch.get_rng_state(), old["torch"])
-    with caplog.at_level(logging.WARNING, logger="reasoning.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="reasoning.training.checkpoint"):
         restore_rng_state({"torch": old["torch"]}, rank=1, world=2)
     assert "holds the random state of 1 process(es), and the run resumes on 2" in caplog.text
 
@@ -76,7 +76,7 @@ def test_the_grad_scaler_resumes_with_its_loss_scale(trained, tmp_path, caplog):
     bf16 = save_checkpoint(tmp_path / "bf16", 1, trainer.unwrapped, trainer.recipe, {"epoch": 0, "batch": 0},
                            trainer.optimizer, trainer.scheduler)
     assert not (bf16 / SCALER_FILE).exists()
-    with caplog.at_level(logging.WARNING, logger="reasoning.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="reasoning.training.checkpoint"):
         load_training_state(bf16, trainer.optimizer, trainer.scheduler, scaler=torch.amp.GradScaler("cpu"))
     assert "no GradScaler state" in caplog.text
 

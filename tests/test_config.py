@@ -3,7 +3,7 @@ import re
 import pytest
 import yaml
 
-from reasoning.config import describe_fields, load_recipe, parse_overrides, recipe_hash, save_recipe
+from reasoning.training.config import describe_fields, load_recipe, parse_overrides, recipe_hash, save_recipe
 from reasoning.errors import RecipeError
 
 from conftest import ROOT, tiny_recipe_tree

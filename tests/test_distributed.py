@@ -12,10 +12,10 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from reasoning import memory
-from reasoning.checkpoint import ADAPTER_DIR, MODULES_FILE, load_for_inference, without_fsdp_units
-from reasoning.config import load_recipe
-from reasoning.distributed import layer_classes
+from reasoning.model.dual_encoder import memory
+from reasoning.training.checkpoint import ADAPTER_DIR, MODULES_FILE, load_for_inference, without_fsdp_units
+from reasoning.training.config import load_recipe
+from reasoning.training.distributed import layer_classes
 
 from conftest import ROOT, TINY, tiny_recipe_tree
 
@@ -76,7 +76,7 @@ def test_the_command_at_the_top_of_every_launch_config_passes_the_launch_checks(
     distributed type, must not be refused (small_lora.yaml's grad_accum 2 under DeepSpeed was)."""
     from accelerate.utils import DistributedType
 
-    from reasoning.train import check_launch
+    from reasoning.training.train import check_launch
 
     words = path.read_text().splitlines()[0].split()
     recipe_path, *overrides = words[words.index("--config") + 1:]
@@ -102,8 +102,8 @@ def test_gradient_checkpointing_is_non_reentrant_so_ddp_marks_each_weight_ready_
     under DDP the reentrant backward fails (test_train.py runs QLoRA + checkpointing + DDP)."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from reasoning.builders import build_llm
-    from reasoning.config import LLMConfig, LoraConfig
+    from reasoning.model.builders import build_llm
+    from reasoning.training.config import LLMConfig, LoraConfig
 
     tokenizer = AutoTokenizer.from_pretrained(TINY / "tokenizer")
     cfg = {**json.loads((TINY / "llm.json").read_text()), "vocab_size": len(tokenizer)}

@@ -120,7 +120,7 @@ def test_clips_are_checked_before_the_model_is_loaded(tmp_path, capsys):
 
 def test_device_flag_defaults_to_the_gpu_when_there_is_one_and_refuses_a_missing_one(trained, tmp_path, capsys,
                                                                                  monkeypatch):
-    from reasoning.checkpoint import resolve_device
+    from reasoning.training.checkpoint import resolve_device
 
     trainer, _ = trained
     sf.write(tmp_path / "ok.wav", np.zeros(1600, np.float32), 16000)
@@ -158,7 +158,7 @@ def test_the_trained_fixture_is_a_copy_no_module_can_change(trained, trained_onc
 def test_load_for_inference_puts_every_parameter_and_buffer_on_the_device(trained):
     """The model is built on the CPU; every part (encoders, projectors, heads, LLM) must
     follow ``device``. The meta device stands in for a GPU here: nothing is left behind."""
-    from reasoning.checkpoint import load_for_inference
+    from reasoning.training.checkpoint import load_for_inference
 
     trainer, _ = trained
     model, *_ = load_for_inference(trainer.output_dir, device="meta")

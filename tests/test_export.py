@@ -9,11 +9,11 @@ import torch
 import yaml
 from conftest import SAMPLES, TINY, tiny_recipe_tree
 
-from reasoning.checkpoint import COMPLETE_FILE, EXPORT_FILE, read_recipe
+from reasoning.training.checkpoint import COMPLETE_FILE, EXPORT_FILE, read_recipe
 from reasoning.cli import main
-from reasoning.data import to_device
+from reasoning.tasks.collate import to_device
 from reasoning.errors import UserError
-from reasoning.evaluate import probe_speech_config
+from reasoning.evaluation.evaluate import probe_speech_config
 from reasoning.explain import Explainer
 from reasoning.export import (
     BASELINE_FILE,
@@ -65,8 +65,8 @@ def test_merge_unties_an_output_layer_that_training_changed(tmp_path):
     """An LLM whose output layer is tied to its embeddings, trained with
     `modules_to_save: [lm_head]`: saved tied, the merged LLM would reload with the untrained
     output layer (the embeddings) and predict otherwise than the adapter."""
-    from reasoning.config import load_recipe
-    from reasoning.train import TrainRecipe
+    from reasoning.training.config import load_recipe
+    from reasoning.training.train import TrainRecipe
 
 
     config = json.loads((TINY / "llm.json").read_text())

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 from conftest import tiny_recipe_tree
 
-from reasoning import checkpoint as ckpt_mod
-from reasoning.checkpoint import list_checkpoints, load_for_inference, save_checkpoint
-from reasoning.config import RECIPE_NAME, load_recipe
+from reasoning.training import checkpoint as ckpt_mod
+from reasoning.training.checkpoint import list_checkpoints, load_for_inference, save_checkpoint
+from reasoning.training.config import RECIPE_NAME, load_recipe
 from reasoning.errors import UserError
-from reasoning.train import TrainRecipe
+from reasoning.training.train import TrainRecipe
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from reasoning.errors import UserError
-from reasoning.folds import (PROTOCOLS, SpeakerLeakError, aggregate_folds, get_protocol,
+from reasoning.evaluation.folds import (PROTOCOLS, SpeakerLeakError, aggregate_folds, get_protocol,
                              iter_folds, select_rows)
 
 

@@ -9,7 +9,7 @@ import torch
 
 from conftest import TINY
 from reasoning.errors import RecipeError
-from reasoning.grpo import check_rows, completion_logps, group_advantages, grpo_loss
+from reasoning.training.grpo import check_rows, completion_logps, group_advantages, grpo_loss
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +83,7 @@ def test_grpo_loss_agrees_with_trl_on_a_text_only_model(trl_trainer, loss_type, 
 
 def test_equal_rewards_in_a_group_give_zero_advantage_and_are_logged(caplog):
     rewards = torch.tensor([1.0, 1.0, 1.0, 0.0, 1.0, 0.5])  # first group all equal
-    with caplog.at_level(logging.INFO, logger="reasoning.grpo"):
+    with caplog.at_level(logging.INFO, logger="reasoning.training.grpo"):
         adv, zero_std = group_advantages(rewards, 3)
     assert torch.isfinite(adv).all()
     assert adv[:3].tolist() == [0.0, 0.0, 0.0]
@@ -107,10 +107,10 @@ def test_rows_without_evidence_are_refused_when_grounding_is_weighted():
 @pytest.mark.slow
 def test_grpo_on_the_tiny_models_raises_the_rewards_and_changes_only_the_adapter(tmp_path):
     from conftest import SAMPLES, tiny_recipe_tree
-    from reasoning.checkpoint import load_for_inference
-    from reasoning.config import load_recipe
-    from reasoning.grpo import HISTORY_FILE, PLOT_FILE, GrpoRecipe, adapter_parameters
-    from reasoning.train import TrainRecipe
+    from reasoning.training.checkpoint import load_for_inference
+    from reasoning.training.config import load_recipe
+    from reasoning.training.grpo import HISTORY_FILE, PLOT_FILE, GrpoRecipe, adapter_parameters
+    from reasoning.training.train import TrainRecipe
 
     rows = [json.loads(x) for x in SAMPLES.read_text().splitlines()][:8]
     for r in rows:
@@ -150,7 +150,7 @@ def test_the_cli_refuses_rows_without_evidence_before_building_the_model(trained
     import yaml
 
     from conftest import tiny_recipe_tree
-    from reasoning import grpo
+    from reasoning.training import grpo
     from reasoning.cli import main
 
     trainer, _ = trained

@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModel, Wav2Vec2FeatureExtractor
 
-from reasoning.encoders import MaskedGroupNorm, SSLEncoder, wave_normalization
+from reasoning.model.encoders import MaskedGroupNorm, SSLEncoder, wave_normalization
 
 from conftest import ROOT
 
@@ -52,8 +52,8 @@ def test_masked_group_norm_of_a_full_length_clip_is_the_original_module():
 
 @pytest.mark.parametrize("do_normalize", [False, True])
 def test_the_feature_extractors_do_normalize_decides_the_waveform_normalisation(tmp_path, do_normalize):
-    from reasoning.builders import build_paralinguistic_encoder
-    from reasoning.config import ParalinguisticConfig
+    from reasoning.model.builders import build_paralinguistic_encoder
+    from reasoning.training.config import ParalinguisticConfig
 
     model = tiny_wavlm()
     model.save_pretrained(tmp_path)

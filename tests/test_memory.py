@@ -9,9 +9,9 @@ import json
 import pytest
 import torch
 
-from reasoning import memory
-from reasoning.builders import build_model, materialize
-from reasoning.config import load_recipe
+from reasoning.model.dual_encoder import memory
+from reasoning.model.builders import build_model, materialize
+from reasoning.training.config import load_recipe
 from reasoning.errors import UserError
 
 from conftest import ROOT, tiny_recipe_tree
@@ -137,7 +137,7 @@ def test_cli_prints_the_table_for_the_four_variants(tiny, capsys):
     data = json.loads(capsys.readouterr().out)
     assert [v["name"] for v in data["variants"]] == ["QLoRA"]
     # openSMILE descriptors through a small trainable encoder: all of it trains
-    from reasoning.encoders import OpenSmileEncoder
+    from reasoning.model.encoders import OpenSmileEncoder
     n = sum(p.numel() for p in OpenSmileEncoder(load_recipe(args.recipe).model.paralinguistic.hidden_size).parameters())
     assert data["parameters"]["paralinguistic encoder"] == [n, n]
     assert data["parameters"]["all"][1] == data["variants"][0]["gradients"] // 4  # fp32 trainables

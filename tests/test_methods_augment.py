@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from reasoning.augment import Augmenter, build_augmenter
-from reasoning.config import AugmentConfig, load_recipe
-from reasoning.data import AudioCache, Collator, PromptBuilder
+from reasoning.training.augment import Augmenter, build_augmenter
+from reasoning.training.config import AugmentConfig, load_recipe
+from reasoning.tasks.collate import AudioCache, Collator
+from reasoning.tasks.prompts import PromptBuilder
 from reasoning.errors import RecipeError
 from reasoning.manifest import read_manifest
 

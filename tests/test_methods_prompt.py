@@ -10,16 +10,17 @@ import torch
 from transformers import AutoTokenizer
 
 from reasoning.audio import duration
-from reasoning.config import load_recipe
-from reasoning.data import AudioCache, Collator, PromptBuilder, va_text
+from reasoning.training.config import load_recipe
+from reasoning.tasks.collate import AudioCache, Collator
+from reasoning.tasks.prompts import PromptBuilder, va_text
 from reasoning.errors import RecipeError, UserError
-from reasoning.evaluate import MODEL_NAME, ORACLE_NAME, evaluate_rows
+from reasoning.evaluation.evaluate import MODEL_NAME, ORACLE_NAME, evaluate_rows
 from reasoning.explain import Explainer, predict_rows, stated_emotion
 from reasoning.manifest import read_manifest, write_manifest
 from reasoning.rationales.base import RationaleRequest
 from reasoning.rationales.template import describe_cues, template_rationale
 from reasoning.rationales.verify import verify
-from reasoning.train import TrainRecipe
+from reasoning.training.train import TrainRecipe
 
 from conftest import SAMPLES, TINY, tiny_recipe_tree
 

@@ -10,11 +10,11 @@ import soundfile as sf
 import torch
 from torch import nn
 
-from reasoning import saliency
-from reasoning.config import load_recipe
+from reasoning.model.dual_encoder import saliency
+from reasoning.training.config import load_recipe
 from reasoning.errors import RecipeError
 from reasoning.manifest import read_manifest
-from reasoning.train import TrainRecipe
+from reasoning.training.train import TrainRecipe
 
 from conftest import tiny_recipe_tree
 

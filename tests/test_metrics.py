@@ -11,7 +11,7 @@ from sklearn.metrics import (accuracy_score, balanced_accuracy_score, confusion_
                              f1_score, mean_absolute_error, precision_score, recall_score,
                              top_k_accuracy_score)
 
-from reasoning.metrics import (asr_metrics, ccc, classification_metrics, emotion_metrics,
+from reasoning.evaluation.metrics import (asr_metrics, ccc, classification_metrics, emotion_metrics,
                                k_best_accuracy, rationale_metrics, regression_metrics,
                                speaker_metrics, va_metrics)
 

@@ -2,11 +2,12 @@ import numpy as np
 import pytest
 import torch
 
-from reasoning.builders import build_model, materialize
-from reasoning.config import load_recipe
-from reasoning.data import AudioCache, Collator, PromptBuilder
+from reasoning.model.builders import build_model, materialize
+from reasoning.training.config import load_recipe
+from reasoning.tasks.collate import AudioCache, Collator
+from reasoning.tasks.prompts import PromptBuilder
 from reasoning.manifest import read_manifest
-from reasoning.model import CCC_PREFIX, ccc, pool_frames
+from reasoning.model.dual_encoder import CCC_PREFIX, ccc, pool_frames
 
 from conftest import ROOT, SAMPLES, launch_two_processes, tiny_recipe_tree
 
@@ -128,7 +129,7 @@ def test_speech_encoder_trims_and_masks_padding(tiny):
 
 
 def test_paralinguistic_encoders_report_frame_lengths(tiny):
-    from reasoning.encoders import OpenSmileEncoder
+    from reasoning.model.encoders import OpenSmileEncoder
 
     model, *_ = tiny
     waves = torch.nn.utils.rnn.pad_sequence([torch.randn(16000) * 0.1, torch.randn(8000) * 0.1], batch_first=True)
@@ -264,7 +265,7 @@ def test_va_in_emotion_batches_is_the_va_batch_loss_from_the_same_pass(tiny, emo
 def test_va_loss_ccc_mse_is_the_sum_of_both(tiny):
     import torch.nn.functional as F
 
-    from reasoning.model import ccc_loss
+    from reasoning.model.dual_encoder import ccc_loss
 
     model, _, _, collate, rows = tiny
     batch = collate(rows, "va")
@@ -297,7 +298,7 @@ def test_the_mel_computed_on_the_waves_device_matches_whisper_numpy_mel(tiny, n_
     NumPy spectrogram, on a padded batch of real clips and noise, also under bf16 autocast."""
     from transformers import WhisperFeatureExtractor
 
-    from reasoning.encoders import WhisperSpeechEncoder
+    from reasoning.model.encoders import WhisperSpeechEncoder
 
     model, _, _, collate, rows = tiny
     fe = WhisperFeatureExtractor(feature_size=n_mels)

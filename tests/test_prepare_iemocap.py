@@ -12,7 +12,7 @@ import soundfile as sf
 from reasoning.audio import load_audio
 from reasoning.errors import UserError
 from reasoning.manifest import read_manifest
-from reasoning.folds import PROTOCOLS, iter_folds, select_rows
+from reasoning.evaluation.folds import PROTOCOLS, iter_folds, select_rows
 from reasoning.prepare import prepare
 from reasoning.prepare.iemocap import read_transcripts
 

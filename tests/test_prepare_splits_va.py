@@ -48,7 +48,7 @@ def test_three_speakers_give_one_each_to_dev_and_test():
 
 
 def test_loso_gives_one_fold_per_speaker():
-    from reasoning.folds import PROTOCOLS, iter_folds
+    from reasoning.evaluation.folds import PROTOCOLS, iter_folds
 
     rows = corpus(4)
     assign_loso(rows)

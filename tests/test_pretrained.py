@@ -63,7 +63,7 @@ def test_converted_whisper_base_transcribes_an_english_clip(whisper_base):
 
 
 def test_speech_encoder_equals_transformers_whisper_encoder_on_30_s(whisper_base):
-    from reasoning.encoders import WhisperSpeechEncoder
+    from reasoning.model.encoders import WhisperSpeechEncoder
 
     model, _, fe = whisper_base
     encoder = model.get_encoder()
@@ -88,7 +88,7 @@ def test_smollm2_answers_through_its_chat_template(smollm):
 
 
 def test_prompt_placeholder_and_label_scoring_with_the_real_tokenizer(smollm):
-    from reasoning.data import PromptBuilder
+    from reasoning.tasks.prompts import PromptBuilder
 
     _, tokenizer = smollm
     labels = ["neutral", "happy", "angry", "sad"]
@@ -105,8 +105,8 @@ def test_prompt_placeholder_and_label_scoring_with_the_real_tokenizer(smollm):
 
 @pytest.mark.slow
 def test_one_training_step_on_the_real_models(tmp_path, small_manifest):
-    from reasoning.config import load_recipe
-    from reasoning.train import TrainRecipe
+    from reasoning.training.config import load_recipe
+    from reasoning.training.train import TrainRecipe
 
     from conftest import tiny_recipe_tree
 
@@ -211,8 +211,8 @@ def test_fetch_skips_a_complete_folder_without_touching_packages(tmp_path, monke
 
 
 def test_a_recipe_naming_an_unfetched_model_says_to_fetch_it(tmp_path, monkeypatch):
-    from reasoning.builders import build_speech_encoder
-    from reasoning.config import SpeechEncoderConfig
+    from reasoning.model.builders import build_speech_encoder
+    from reasoning.training.config import SpeechEncoderConfig
 
     monkeypatch.setenv("EMOREASON_MODELS", str(tmp_path))
     assert resolve_model_path("$EMOREASON_MODELS/whisper-base") == f"{tmp_path}/whisper-base"

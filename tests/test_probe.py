@@ -11,16 +11,16 @@ import pytest
 import soundfile as sf
 import torch
 
-import reasoning.baselines as baselines
-import reasoning.probe as probe
-from reasoning.baselines import choose_probe_layer, probe_baseline
+import reasoning.evaluation.baselines as baselines
+import reasoning.evaluation.probe as probe
+from reasoning.evaluation.baselines import choose_probe_layer, probe_baseline
 from reasoning.cli import main
-from reasoning.config import SpeechEncoderConfig, load_recipe, save_recipe
+from reasoning.training.config import SpeechEncoderConfig, load_recipe, save_recipe
 from reasoning.errors import UserError
-from reasoning.evaluate import probe_speech_config
+from reasoning.evaluation.evaluate import probe_speech_config
 from reasoning.manifest import read_manifest, write_manifest
 from reasoning.pretrained import MARKER, models_dir
-from reasoning.probe import encode_clip, extract_probe_features, load_probe_encoder, pool_layers
+from reasoning.evaluation.probe import encode_clip, extract_probe_features, load_probe_encoder, pool_layers
 
 from conftest import SAMPLES, TINY, tiny_recipe_tree
 

@@ -261,7 +261,7 @@ def test_rationale_metrics_read_the_record_the_rationale_stage_writes():
     is read whole by rationale_metrics, claims included; the dict form explain wrote before
     is still read; any other verdict names the command that regenerates it."""
     from reasoning.errors import UserError
-    from reasoning.metrics import rationale_metrics
+    from reasoning.evaluation.metrics import rationale_metrics
     from reasoning.rationales import rationale_for
     from reasoning.rationales.verify import read_verdict
     record, _ = rationale_for(RationaleRequest("u1", "anger", TRANSCRIPT, ANGRY), TemplateWriter())

@@ -12,9 +12,9 @@ import pytest
 import soundfile as sf
 
 from reasoning.cli import main
-from reasoning.evaluate import evaluate_rows
+from reasoning.evaluation.evaluate import evaluate_rows
 from reasoning.manifest import write_manifest
-from reasoning.report import plot_confusion, plot_speaker_uar, plot_va_scatter
+from reasoning.evaluation.report import plot_confusion, plot_speaker_uar, plot_va_scatter
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

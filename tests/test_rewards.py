@@ -3,11 +3,11 @@
 import pytest
 
 from conftest import ROOT
-from reasoning.config import load_recipe
+from reasoning.training.config import load_recipe
 from reasoning.errors import RecipeError
 from reasoning.explain import other_clips, verify_rationales
-from reasoning.metrics import rationale_metrics
-from reasoning.rewards import (Completion, check_weights, format_reward, grounding_reward, label_reward,
+from reasoning.evaluation.metrics import rationale_metrics
+from reasoning.training.rewards import (Completion, check_weights, format_reward, grounding_reward, label_reward,
                                votes_reward)
 from test_rationales import ANGRY, TRANSCRIPT, make_evidence
 

@@ -1,6 +1,6 @@
 from collections import Counter
 
-from reasoning.data import TaskSchedule
+from reasoning.tasks.schedule import TaskSchedule
 
 EXAMPLES = {"asr": list(range(20)), "emotion": list(range(20)), "va": list(range(10)), "rationale": list(range(5))}
 WEIGHTS = dict.fromkeys(EXAMPLES, 1.0)

@@ -5,11 +5,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from reasoning import checkpoint as ckpt_mod
-from reasoning.checkpoint import list_checkpoints, load_for_inference
-from reasoning.config import load_recipe
+from reasoning.training import checkpoint as ckpt_mod
+from reasoning.training.checkpoint import list_checkpoints, load_for_inference
+from reasoning.training.config import load_recipe
 from reasoning.explain import Explainer
-from reasoning.train import TrainRecipe
+from reasoning.training.train import TrainRecipe
 
 from conftest import ROOT, launch_two_processes, tiny_recipe_tree
 
@@ -145,7 +145,7 @@ def test_the_losses_a_batch_reports_depend_on_its_task_only(trained, emotion_los
     """The loop reduces each reported loss over the processes, one collective per key: a
     process whose clips have no known gender, no votes or no VA must report the same keys
     as one whose clips have them all, or the processes hang."""
-    from reasoning.data import to_device
+    from reasoning.tasks.collate import to_device
 
     trainer, rows = trained
     model = trainer.unwrapped
@@ -317,7 +317,7 @@ def test_log_with_tensorboard_writes_each_logged_loss(tmp_path, small_manifest):
 def test_resume_takes_no_value_so_an_override_after_it_stays_an_override():
     import argparse
 
-    from reasoning import train
+    from reasoning.training import train
 
     parser = argparse.ArgumentParser()
     train.add_arguments(parser)
@@ -338,7 +338,7 @@ def test_launch_traps_are_refused_before_anything_is_built(tmp_path, kind, overr
     from accelerate.utils import DistributedType
 
     from reasoning.errors import RecipeError
-    from reasoning.train import check_launch
+    from reasoning.training.train import check_launch
 
     recipe = load_recipe(tree=tiny_recipe_tree(tmp_path, train=overrides))
     deepspeed = {"gradient_clipping": 1.0, "gradient_accumulation_steps": 1}  # recipes/accelerate/deepspeed_*
@@ -359,7 +359,7 @@ def test_a_gpu_recipe_is_refused_under_a_sharded_launch_before_anything_is_built
     from accelerate import Accelerator
     from accelerate.utils import DistributedType
 
-    from reasoning import train
+    from reasoning.training import train
     from reasoning.errors import RecipeError
 
     def never(*args, **kwargs):

@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from reasoning.benchmark import run_benchmark
-from reasoning.config import load_recipe
+from reasoning.evaluation.benchmark import run_benchmark
+from reasoning.training.config import load_recipe
 from reasoning.errors import RecipeError, UserError
-from reasoning.evaluate import checkpoint_predictor, evaluate_rows
+from reasoning.evaluation.evaluate import checkpoint_predictor, evaluate_rows
 from reasoning.explain import Explainer, format_summary
-from reasoning.folds import get_protocol, iter_folds, select_rows
+from reasoning.evaluation.folds import get_protocol, iter_folds, select_rows
 from reasoning.manifest import read_manifest, write_manifest
-from reasoning.metrics import ccc
-from reasoning.train import TrainRecipe
+from reasoning.evaluation.metrics import ccc
+from reasoning.training.train import TrainRecipe
 
 from conftest import SAMPLES, tiny_recipe_tree
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModel
 
-from reasoning.builders import _config_dict, build_paralinguistic_encoder
-from reasoning.config import load_recipe
+from reasoning.model.builders import _config_dict, build_paralinguistic_encoder
+from reasoning.training.config import load_recipe
 
 from conftest import tiny_recipe_tree
 
@@ -41,8 +41,8 @@ def test_a_padded_wavlm_batch_raises_no_key_padding_mask_deprecation(tmp_path):
 def test_the_grpo_stage_configures_trl_without_a_deprecation(tmp_path):
     """`gradient_checkpointing=` is deprecated in transformers 5 and warned on every `emoreason grpo`."""
     pytest.importorskip("trl")
-    from reasoning.config import GrpoConfig
-    from reasoning.grpo import trl_config
+    from reasoning.training.config import GrpoConfig
+    from reasoning.training.grpo import trl_config
 
     with warnings.catch_warnings():
         warnings.simplefilter("error", FutureWarning)

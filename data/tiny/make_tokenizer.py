@@ -15,7 +15,7 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from reasoning.data import INSTRUCTIONS
+from reasoning.tasks.prompts import INSTRUCTIONS
 
 HERE = Path(__file__).resolve().parent
 SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]

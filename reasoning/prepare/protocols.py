@@ -1,5 +1,5 @@
 """The protocols, in one registry: which labels a task uses, which labels are merged, and
-how evaluation splits the rows into folds (:mod:`reasoning.folds`).
+how evaluation splits the rows into folds (:mod:`reasoning.evaluation.folds`).
 
 The manifest keeps every utterance; a protocol never deletes rows. Preparation applies the
 protocol's ``merge`` (IEMOCAP 4-class: ``excited`` -> ``happy``) so ``emotion`` holds the

@@ -28,7 +28,7 @@ class HFWriter:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from reasoning.builders import disk_only
+        from reasoning.model.builders import disk_only
 
         try:
             with disk_only(model):

@@ -3,7 +3,7 @@ supervised checkpoint with GRPO (arXiv 2402.03300), as TRL's ``GRPOTrainer`` com
 
 For each step, ``grpo.clips_per_step`` training clips each get ``grpo.num_generations``
 completions sampled from the rationale prompt (audio spliced in, as in training). Each
-completion is scored by the recipe's weighted rewards (:mod:`reasoning.rewards`); the
+completion is scored by the recipe's weighted rewards (:mod:`reasoning.training.rewards`); the
 advantage of a completion is its reward minus its group's mean, over the group's std; the
 LoRA adapter, and nothing else, then takes a step on TRL's clipped objective with a KL term
 to the starting policy (the supervised adapter, kept as a frozen copy).
@@ -36,13 +36,14 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from reasoning.checkpoint import (add_device_argument, checkpoint_dirs, load_for_inference, read_recipe,
+from reasoning.training.checkpoint import (add_device_argument, checkpoint_dirs, load_for_inference, read_recipe,
                                   resolve_checkpoint, resolve_device, save_checkpoint)
-from reasoning.config import RECIPE_NAME, GrpoConfig, Recipe, describe_fields, load_recipe, save_recipe
-from reasoning.data import AudioCache, Collator, PromptBuilder, to_device
+from reasoning.training.config import RECIPE_NAME, GrpoConfig, Recipe, describe_fields, load_recipe, save_recipe
+from reasoning.tasks.collate import AudioCache, Collator, to_device
+from reasoning.tasks.prompts import PromptBuilder
 from reasoning.errors import RecipeError, UserError
 from reasoning.manifest import read_manifest
-from reasoning.rewards import REWARDS, Completion, has_evidence
+from reasoning.training.rewards import REWARDS, Completion, has_evidence
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +184,7 @@ class GrpoRecipe:
         self._setup_optimizer()
 
     def _setup_data(self) -> None:
-        from reasoning.train import rows_in_splits
+        from reasoning.training.train import rows_in_splits
 
         d = self.recipe.data
         self.rows = rows_in_splits(read_manifest(d.train_manifest), d.train_split)
@@ -343,7 +344,7 @@ class GrpoRecipe:
 
 def plot_run(run_dir: str | Path, path: str | Path | None = None) -> Path:
     """The reward curves of a GRPO run folder (its losses.jsonl) as a PNG, by default its rewards.png."""
-    from reasoning.report import plot_reward_curves
+    from reasoning.evaluation.report import plot_reward_curves
 
     run_dir = Path(run_dir)
     history = [json.loads(x) for x in (run_dir / HISTORY_FILE).read_text().splitlines() if x.strip()]

@@ -3,7 +3,7 @@
 Every encoder takes ``waves`` (B, S) float32 at 16 kHz, zero-padded on the right, and
 ``wave_lengths`` (B,) in samples, and returns ``(features (B, T, D), lengths (B,))`` where
 frames at or beyond ``lengths[b]`` are padding. Encoders are built from modules that are
-already constructed (see :mod:`reasoning.builders`); none reads files.
+already constructed (see :mod:`reasoning.model.builders`); none reads files.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from torch import nn
 from transformers import WhisperFeatureExtractor
 
 from reasoning.audio import SAMPLE_RATE
-from reasoning.cache import LRUCache
+from reasoning.model.cache import LRUCache
 
 log = logging.getLogger(__name__)
 

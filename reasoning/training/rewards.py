@@ -1,4 +1,4 @@
-"""Rewards of the GRPO stage (:mod:`reasoning.grpo`): each scores one completion against its
+"""Rewards of the GRPO stage (:mod:`reasoning.training.grpo`): each scores one completion against its
 manifest row, and the recipe's ``grpo.rewards`` weighs them into one reward per completion.
 
 A completion is what the model writes to the rationale prompt, ``"label: rationale"`` (or
@@ -47,7 +47,7 @@ def label_reward(c: Completion, row: dict) -> float:
 
 def votes_reward(c: Completion, row: dict) -> float:
     """The share of the row's ``emotion_votes`` (within the label set) for the stated label."""
-    from reasoning.data import vote_distribution
+    from reasoning.tasks.collate import vote_distribution
 
     stated = _stated(c)
     return 0.0 if stated is None else vote_distribution(row, c.labels)[c.labels.index(stated)]

@@ -1,8 +1,8 @@
-"""Training: ``accelerate launch -m reasoning.train --config recipes/X.yaml [key=value ...]``
+"""Training: ``accelerate launch -m reasoning.training.train --config recipes/X.yaml [key=value ...]``
 or ``emoreason train --config recipes/X.yaml``.
 
-One task per batch, in the order the seeded :class:`~reasoning.data.TaskSchedule` plans,
-read through a DataLoader that replays that plan (:func:`~reasoning.data.schedule_loader`;
+One task per batch, in the order the seeded :class:`~reasoning.tasks.schedule.TaskSchedule` plans,
+read through a DataLoader that replays that plan (:func:`~reasoning.tasks.schedule.schedule_loader`;
 ``data.num_workers`` prepare the next batches while the model trains). The loop reads
 ``batch["task"]`` only to log the loss per task.
 """
@@ -23,14 +23,15 @@ from accelerate.utils import DistributedType, gather_object
 from tqdm.auto import tqdm
 
 from reasoning.audio import duration
-from reasoning.builders import build_model, materialize
-from reasoning.checkpoint import (checkpoint_dirs, load_trainable, load_training_state, recover_checkpoints,
+from reasoning.model.builders import build_model, materialize
+from reasoning.training.checkpoint import (checkpoint_dirs, load_trainable, load_training_state, recover_checkpoints,
                                  resolve_checkpoint, rng_state, save_checkpoint)
-from reasoning.config import RECIPE_NAME, Recipe, describe_fields, load_recipe, save_recipe
-from reasoning.augment import build_augmenter
-from reasoning.data import (TRANSCRIPT_TASKS, VA_PROMPT_TASKS, AudioCache, Collator, PromptBuilder, TaskSchedule,
-                            schedule_loader, task_target, to_device)
-from reasoning.distributed import gather_rows, layer_classes
+from reasoning.training.config import RECIPE_NAME, Recipe, describe_fields, load_recipe, save_recipe
+from reasoning.training.augment import build_augmenter
+from reasoning.tasks.collate import AudioCache, Collator, to_device
+from reasoning.tasks.prompts import TRANSCRIPT_TASKS, VA_PROMPT_TASKS, PromptBuilder, task_target
+from reasoning.tasks.schedule import TaskSchedule, schedule_loader
+from reasoning.training.distributed import gather_rows, layer_classes
 from reasoning.errors import RecipeError, UserError
 from reasoning.files import remove_dir
 from reasoning.manifest import read_manifest
@@ -125,7 +126,7 @@ class TrainRecipe:
                 (self.output_dir / HISTORY_FILE).unlink(missing_ok=True)
             materialize(self.recipe, self.output_dir, seed=self.recipe.train.seed)
             if self.recipe.model.paralinguistic.layer == "auto":  # the resolved recipe names the layer
-                from reasoning.saliency import resolve_auto_layer
+                from reasoning.model.saliency import resolve_auto_layer
 
                 d = self.recipe.data
                 resolve_auto_layer(self.recipe, rows_in_splits(read_manifest(d.train_manifest), d.train_split),

@@ -206,7 +206,7 @@ def markdown_table(result: Mapping) -> str:
           "is left out.",
     ]
     for name, sysres in systems.items():
-        choice = sysres.get("layer_choice")  # the encoder probe (reasoning.baselines)
+        choice = sysres.get("layer_choice")  # the encoder probe (reasoning.evaluation.baselines)
         if choice:
             notes += ["", f"{name}: layer of `{sysres.get('encoder')}` chosen on each fold's "
                       "training rows by inner cross-validation (its inner UA %): " + "; ".join(
@@ -239,7 +239,7 @@ def _figure(width: float, height: float):
 
 
 def plot_reward_curves(history: Sequence[Mapping], path: str | Path, title: str = "GRPO") -> Path:
-    """The GRPO log (:mod:`reasoning.grpo`, one record per step) as curves: the mean of each
+    """The GRPO log (:mod:`reasoning.training.grpo`, one record per step) as curves: the mean of each
     reward with its spread (± std over the step's completions) and the weighted total, above
     the KL to the starting policy and the mean completion length."""
     steps = [h["step"] for h in history]
@@ -366,7 +366,7 @@ def write_report(result: Mapping, out_dir: str | Path,
                  ) -> dict[str, Any]:
     """Write ``metrics.json``, ``report.md`` and the plots into ``out_dir``.
 
-    ``result`` is the evaluation result (see :func:`reasoning.evaluate.evaluate_rows`):
+    ``result`` is the evaluation result (see :func:`reasoning.evaluation.evaluate.evaluate_rows`):
     ``protocol``, ``folds``, ``systems`` ({name: {"pooled", "per_fold", "summary"}}), ...
     ``va_points`` gives, per system, ``{dim: (predictions, targets, sources)}`` for the
     VA scatter.

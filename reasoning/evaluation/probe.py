@@ -1,6 +1,6 @@
 """Features of the encoder probe: every hidden layer of the frozen speech encoder, pooled.
 
-The ``probe`` baseline (:func:`reasoning.baselines.probe_baseline`) asks what the LLM adds
+The ``probe`` baseline (:func:`reasoning.evaluation.baselines.probe_baseline`) asks what the LLM adds
 over its own speech encoder, as EmoBox does for encoders: a linear classifier on the
 encoder's mean-pooled hidden states. This module computes those features::
 
@@ -10,7 +10,7 @@ encoder's mean-pooled hidden states. This module computes those features::
 * Each clip is encoded on its own (a batch of one), all layers in one pass. (Since the trim
   policy gives every clip zeros past its end, a batch would give the same features to float
   rounding; one at a time keeps the cache filling simple.)
-* The pooled features are cached per clip with :class:`reasoning.cache.EncoderCache`
+* The pooled features are cached per clip with :class:`reasoning.model.cache.EncoderCache`
   (clip key: audio path, start, end, size and modification time), under an encoder key of
   the encoder's path, config, weight files, mel policy and clip-length limit.
 """
@@ -26,10 +26,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from reasoning.cache import EncoderCache, encoder_key
-from reasoning.checkpoint import resolve_device
-from reasoning.data import AudioCache, cut_clip
-from reasoning.encoders import WhisperSpeechEncoder
+from reasoning.model.cache import EncoderCache, encoder_key
+from reasoning.training.checkpoint import resolve_device
+from reasoning.tasks.collate import AudioCache, cut_clip
+from reasoning.model.encoders import WhisperSpeechEncoder
 from reasoning.errors import AudioError
 from reasoning.pretrained import resolve_model_path
 
@@ -121,7 +121,7 @@ def extract_probe_features(rows: Sequence[Mapping], encoder: WhisperSpeechEncode
 
 def load_probe_encoder(speech) -> WhisperSpeechEncoder:
     """The frozen Whisper encoder of a ``model.speech`` config, on the GPU when there is one."""
-    from reasoning.builders import build_speech_encoder  # builders import the LLM stack
+    from reasoning.model.builders import build_speech_encoder  # builders import the LLM stack
 
     encoder = build_speech_encoder(speech)
     encoder.requires_grad_(False)

@@ -19,11 +19,11 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from reasoning.cache import EncoderCache, encoder_key
-from reasoning.config import Recipe
-from reasoning.encoders import OpenSmileEncoder, SSLEncoder, WhisperSpeechEncoder, wave_normalization
+from reasoning.model.cache import EncoderCache, encoder_key
+from reasoning.training.config import Recipe
+from reasoning.model.encoders import OpenSmileEncoder, SSLEncoder, WhisperSpeechEncoder, wave_normalization
 from reasoning.errors import RecipeError, UserError
-from reasoning.model import DualEncoderLLM, Projector, VAHead
+from reasoning.model.dual_encoder import DualEncoderLLM, Projector, VAHead
 from reasoning.pretrained import missing_model_hint, resolve_model_path
 
 log = logging.getLogger(__name__)
@@ -145,14 +145,14 @@ def freeze(module: nn.Module) -> nn.Module:
     """Freeze a module and keep it in eval mode (no dropout, no SpecAugment) for good."""
     module.requires_grad_(False)
     module.eval()
-    module._frozen = True  # checkpoints skip frozen modules (reasoning.checkpoint.module_state)
+    module._frozen = True  # checkpoints skip frozen modules (reasoning.training.checkpoint.module_state)
     module.train = lambda mode=True: module  # a frozen part never goes back to training mode
     return module
 
 
 def build_speech_encoder(cfg, encoder: nn.Module | None = None) -> WhisperSpeechEncoder:
     """The Whisper encoder of ``cfg.path``, or ``encoder`` when given (already built, e.g. on
-    the meta device by :mod:`reasoning.memory`), checked and frozen as the recipe says."""
+    the meta device by :mod:`reasoning.model.memory`), checked and frozen as the recipe says."""
     from transformers import WhisperFeatureExtractor, WhisperModel
 
     fe = None
@@ -184,7 +184,7 @@ def build_paralinguistic_encoder(cfg, ssl: nn.Module | None = None) -> nn.Module
 
     if cfg.layer == "auto":
         raise RecipeError("model.paralinguistic.layer is `auto`, which a training run resolves to a layer number "
-                          "at setup (reasoning.saliency.resolve_auto_layer): train with this recipe, or set the "
+                          "at setup (reasoning.model.saliency.resolve_auto_layer): train with this recipe, or set the "
                           "layer that `emoreason select-layer` reports.")
     if ssl is None:
         ssl = _from_pretrained(AutoModel, cfg.path, "model.paralinguistic")
@@ -239,7 +239,7 @@ def enable_checkpointing(llm: nn.Module) -> None:
 
 
 def add_lora(llm: nn.Module, lora, where: str) -> nn.Module:
-    """``llm`` wrapped in the recipe's LoRA (``lora``: :class:`reasoning.config.LoraConfig`);
+    """``llm`` wrapped in the recipe's LoRA (``lora``: :class:`reasoning.training.config.LoraConfig`);
     the one place the peft config is written. ``where`` names the LLM in errors."""
     from peft import LoraConfig, get_peft_model
 
@@ -255,7 +255,7 @@ def add_lora(llm: nn.Module, lora, where: str) -> nn.Module:
 
 
 def attach_caches(model: DualEncoderLLM, recipe: Recipe) -> None:
-    """Give each encoder without trainable parameters an output cache (reasoning.cache)."""
+    """Give each encoder without trainable parameters an output cache (reasoning.model.cache)."""
     m = recipe.model
     settings = {"speech": dict(path=m.speech.path, mel_policy=m.speech.mel_policy, max_seconds=m.speech.max_seconds,
                                layer=m.speech.layer),

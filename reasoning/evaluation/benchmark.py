@@ -4,7 +4,7 @@ For each fold of ``eval.protocol`` (IEMOCAP: train on four sessions, test on the
 any corpus: leave one speaker out; MELD: the official split), the recipe is trained on the
 fold's training rows only, into ``<train.output_dir>/<fold>/``. Where every fold trains on
 the same rows (MSP-Podcast: Development and each test set), one model is trained, into
-``<train.output_dir>/model/``, and tested on every fold. Then :mod:`reasoning.evaluate`
+``<train.output_dir>/model/``, and tested on every fold. Then :mod:`reasoning.evaluation.evaluate`
 scores the fold models and the baselines on the same test rows and writes the report
 (mean ± std across folds) to ``<train.output_dir>/eval/``.
 
@@ -12,7 +12,7 @@ A fold whose run folder already holds its final checkpoint is not trained again,
 interrupted benchmark resumes where it stopped.
 
 With ``grpo.benchmark: true``, each fold's supervised model is then refined by GRPO
-(:mod:`reasoning.grpo`) into ``<grpo.output_dir>/<fold>/``, and the refined models are the
+(:mod:`reasoning.training.grpo`) into ``<grpo.output_dir>/<fold>/``, and the refined models are the
 ones evaluated, into ``<grpo.output_dir>/eval/``. Pointing ``train.output_dir`` at a
 finished supervised benchmark reuses its fold models, so ``emoreason compare`` then sets
 supervised and supervised + GRPO side by side on the same folds.
@@ -29,15 +29,15 @@ import copy
 import logging
 from pathlib import Path
 
-from reasoning.checkpoint import (add_device_argument, list_checkpoints, read_state, recover_checkpoints,
+from reasoning.training.checkpoint import (add_device_argument, list_checkpoints, read_state, recover_checkpoints,
                                   resolve_device)
-from reasoning.config import RECIPE_NAME, load_recipe
+from reasoning.training.config import RECIPE_NAME, load_recipe
 from reasoning.errors import RecipeError
-from reasoning.evaluate import PROBE_NAME, checkpoint_predictor, evaluate_rows
-from reasoning.folds import get_protocol, iter_folds, select_rows
+from reasoning.evaluation.evaluate import PROBE_NAME, checkpoint_predictor, evaluate_rows
+from reasoning.evaluation.folds import get_protocol, iter_folds, select_rows
 from reasoning.manifest import read_manifest, write_manifest
-from reasoning.report import TABLE_NAME
-from reasoning.train import TrainRecipe
+from reasoning.evaluation.report import TABLE_NAME
+from reasoning.training.train import TrainRecipe
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ def run_benchmark(recipe, only_fold: str | None = None, device: str | None = Non
                            fold=only_fold, dev_speakers=recipe.eval.dev_speakers, meta=meta,
                            probe_speech=probe_speech)
     if recipe.grpo.benchmark:  # each fold's reward curves beside the evaluation's plots
-        from reasoning.grpo import plot_run
+        from reasoning.training.grpo import plot_run
 
         for name, _ in runs:
             plot_run(root / name, root / EVAL_DIR / "plots" / f"rewards_{name}.png")
@@ -132,7 +132,7 @@ def run_benchmark(recipe, only_fold: str | None = None, device: str | None = Non
 def refine_folds(recipe, root: Path, names: list[str], device: str | None) -> Path:
     """GRPO on each fold's supervised model ``root/<fold>`` into ``<grpo.output_dir>/<fold>``
     (a fold already refined is skipped); returns ``grpo.output_dir``, where they now are."""
-    from reasoning.grpo import GrpoRecipe
+    from reasoning.training.grpo import GrpoRecipe
 
     out = Path(recipe.grpo.output_dir)
     for i, name in enumerate(names, 1):

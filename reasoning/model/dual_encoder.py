@@ -11,7 +11,7 @@ Data flow for a batch (B clips, prompts of P tokens with A audio positions each)
 
 D = 2 (valence, arousal) or 3 (and dominance: ``heads.dimensions``).
 
-The model is assembled from parts that are already built (:mod:`reasoning.builders`).
+The model is assembled from parts that are already built (:mod:`reasoning.model.builders`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from reasoning.cache import EncoderCache, encode_with_cache
+from reasoning.model.cache import EncoderCache, encode_with_cache
 
 IGNORE = -100
 # Keys of forward()'s output that report the CCC of a VA dimension: measurements, not losses.
@@ -134,7 +134,7 @@ class DualEncoderLLM(nn.Module):
         self.emotion_loss = emotion_loss
         self.va_in_emotion = va_in_emotion
         self.va_dimensions = tuple(va_dimensions)  # the columns of the VA head's output
-        self.gather = None  # rows of every process, for the VA loss (reasoning.distributed.gather_rows)
+        self.gather = None  # rows of every process, for the VA loss (reasoning.training.distributed.gather_rows)
         self.caches: dict[str, EncoderCache] = {}  # encoder name -> its output cache (frozen encoders)
 
     @property

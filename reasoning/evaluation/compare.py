@@ -22,11 +22,11 @@ import json
 from pathlib import Path
 from typing import Mapping
 
-from reasoning.benchmark import EVAL_DIR
+from reasoning.evaluation.benchmark import EVAL_DIR
 from reasoning.errors import UserError
-from reasoning.evaluate import MODEL_NAME, ORACLE_NAME
+from reasoning.evaluation.evaluate import MODEL_NAME, ORACLE_NAME
 from reasoning.prepare.protocols import ALIASES
-from reasoning.report import METRICS_NAME, _dec, _get, _pct, _va_dimensions, _va_source
+from reasoning.evaluation.report import METRICS_NAME, _dec, _get, _pct, _va_dimensions, _va_source
 
 
 def find_metrics(path: str | Path) -> Path:
@@ -74,7 +74,7 @@ def _describe_prompt(prompt) -> str:
 
 
 def compare_table(runs: Mapping[str, Mapping]) -> str:
-    """The Markdown table of :mod:`reasoning.compare`'s docstring."""
+    """The Markdown table of :mod:`reasoning.evaluation.compare`'s docstring."""
     dims = ["valence", "arousal"]
     if any("dominance" in _va_dimensions(r["systems"]) for r in runs.values()):  # a VAD head
         dims.append("dominance")

@@ -43,7 +43,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from reasoning.config import RECIPE_NAME, Recipe, load_recipe, save_recipe
+from reasoning.training.config import RECIPE_NAME, Recipe, load_recipe, save_recipe
 from reasoning.errors import CheckpointError, RecipeError, UserError
 from reasoning.files import atomic_dir, clean_leftovers, remove_dir
 
@@ -344,7 +344,7 @@ def load_for_inference(path: str | Path, device: str | torch.device = "cpu"):
     move it afterwards; the other parts follow it there. An export folder loads the same
     way; a merged one without LoRA around its LLM.
     """
-    from reasoning.builders import build_model
+    from reasoning.model.builders import build_model
 
     device = torch.device(device)
     ckpt = resolve_checkpoint(path)

@@ -10,7 +10,7 @@ vocalisations) trained with time stretch and pitch shift.
 Draws are seeded per example by ``(seed, epoch, utterance id)`` only, so a run, a resumed
 run and every process of a multi-process run augment a clip identically, whatever the
 batch order. The training collator calls the augmenter only for training batches and
-never when encoder outputs come from a cache (see :class:`reasoning.data.Collator`).
+never when encoder outputs come from a cache (see :class:`reasoning.tasks.collate.Collator`).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from contextlib import contextmanager
 import numpy as np
 
 from reasoning.audio import SAMPLE_RATE
-from reasoning.config import AugmentConfig
+from reasoning.training.config import AugmentConfig
 
 
 @contextmanager

@@ -2,7 +2,7 @@
 
 accelerate's FSDP ``TRANSFORMER_BASED_WRAP`` policy (``recipes/accelerate/fsdp.yaml``) takes
 the layer classes to wrap from the model's ``_no_split_modules`` when the config names
-none, as transformers models declare them. :class:`~reasoning.model.DualEncoderLLM` is
+none, as transformers models declare them. :class:`~reasoning.model.dual_encoder.DualEncoderLLM` is
 assembled from several models, so the training loop sets that attribute from
 :func:`layer_classes`: one config then fits every recipe, whatever its encoders and LLM.
 """

@@ -27,7 +27,7 @@ from typing import Any
 import yaml
 
 from reasoning.errors import RecipeError
-from reasoning.rewards import check_weights
+from reasoning.training.rewards import check_weights
 
 RECIPE_NAME = "recipe.yaml"
 TASKS = ("asr", "emotion", "va", "rationale")
@@ -309,7 +309,7 @@ class EvalConfig:
 class GrpoConfig:
     checkpoint: str | None = _f(None, "The supervised checkpoint (or run folder: its latest) GRPO starts from and whose model it refines; null: train.output_dir. `emoreason grpo --checkpoint` overrides it.")
     output_dir: str = _f("runs/grpo", "Run folder of the GRPO stage: resolved recipe, losses.jsonl (rewards, KL, lengths per step), rewards.png, the checkpoint.")
-    rewards: dict = _f({"label": 1.0, "grounding": 1.0, "format": 0.5}, "Reward name -> weight; the reward of a completion is the weighted sum. Names: label, votes, grounding, format (reasoning/rewards.py says what each scores). `grounding` needs measured evidence on every training row (`emoreason evidence`).")
+    rewards: dict = _f({"label": 1.0, "grounding": 1.0, "format": 0.5}, "Reward name -> weight; the reward of a completion is the weighted sum. Names: label, votes, grounding, format (reasoning/training/rewards.py says what each scores). `grounding` needs measured evidence on every training row (`emoreason evidence`).")
     clips_per_step: int = _f(4, "Clips per optimizer step; each gets `num_generations` completions.")
     num_generations: int = _f(4, "Completions sampled per clip: the group whose rewards give each other's advantages (TRL's num_generations).")
     max_steps: int = _f(100, "Optimizer steps of the GRPO stage.")

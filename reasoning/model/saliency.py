@@ -37,8 +37,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from reasoning.config import LAYER_TARGETS, Recipe
-from reasoning.data import AudioCache
+from reasoning.training.config import LAYER_TARGETS, Recipe
+from reasoning.tasks.collate import AudioCache
 from reasoning.errors import RecipeError, UserError
 
 log = logging.getLogger(__name__)
@@ -75,8 +75,8 @@ def layer_features(model: torch.nn.Module, waves: list[np.ndarray], batch_size: 
                    where: str = LAYER_KEY, progress: bool = True, normalize: bool = True) -> np.ndarray:
     """Mean-pooled hidden states (N, L, D) of ``model`` (a transformers speech SSL model,
     L = its layers + 1) over ``waves`` (mono float32 at 16 kHz); ``normalize``: z-normalise
-    each waveform first (the model's ``do_normalize``, :func:`reasoning.encoders.wave_normalization`)."""
-    from reasoning.encoders import SSLEncoder
+    each waveform first (the model's ``do_normalize``, :func:`reasoning.model.encoders.wave_normalization`)."""
+    from reasoning.model.encoders import SSLEncoder
 
     fix = ("give model.paralinguistic.layer an integer instead of `auto`" if where == LAYER_KEY
            else "use a WavLM, HuBERT or wav2vec2 model")
@@ -172,8 +172,8 @@ def resolve_auto_layer(recipe: Recipe, rows: list[dict], out_dir: str | Path,
     rows are the same) with its plot beside it."""
     from transformers import AutoModel
 
-    from reasoning.builders import _from_pretrained
-    from reasoning.encoders import wave_normalization
+    from reasoning.model.builders import _from_pretrained
+    from reasoning.model.encoders import wave_normalization
 
     p = recipe.model.paralinguistic
     seed = recipe.train.seed
@@ -214,8 +214,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from transformers import AutoModel
 
-    from reasoning.builders import disk_only
-    from reasoning.encoders import wave_normalization
+    from reasoning.model.builders import disk_only
+    from reasoning.model.encoders import wave_normalization
     from reasoning.manifest import read_manifest
 
     rows = [r for r in read_manifest(args.manifest) if not args.split or r.get("split") in args.split]

@@ -52,16 +52,16 @@ from torch.utils._pytree import tree_flatten
 from torch.utils.weak import WeakIdKeyDictionary
 
 from reasoning.audio import SAMPLE_RATE
-from reasoning.builders import (DTYPES, _config_dict, _load_dtype, add_lora, assemble,
+from reasoning.model.builders import (DTYPES, _config_dict, _load_dtype, add_lora, assemble,
                                 build_paralinguistic_encoder, build_speech_encoder, enable_checkpointing)
-from reasoning.config import Recipe, load_recipe
-from reasoning.encoders import WHISPER_HOP, WHISPER_WINDOW_FRAMES
+from reasoning.training.config import Recipe, load_recipe
+from reasoning.model.encoders import WHISPER_HOP, WHISPER_WINDOW_FRAMES
 from reasoning.errors import UserError
 from reasoning.pretrained import resolve_model_path
 
 log = logging.getLogger(__name__)
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "data" / "configs"
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "data" / "configs"
 DEFAULT_PROMPT_TOKENS = 64   # Qwen2.5's chat template with its default system line + an instruction
 DEFAULT_TARGET_TOKENS = 128  # a rationale of about 90 words
 DEFAULT_LABEL_TOKENS = 4     # a label and the end-of-turn marker
@@ -155,7 +155,7 @@ def _paralinguistic_encoder(recipe: Recipe):
 
 def _llm(recipe: Recipe, quantized: bool, checkpointing: bool, tokenizer,
          layers: int | None = None) -> tuple[nn.Module, set, torch.dtype]:
-    """The LLM as :func:`reasoning.builders.build_llm` makes it (with only its first ``layers``
+    """The LLM as :func:`reasoning.model.builders.build_llm` makes it (with only its first ``layers``
     decoder layers when given); QLoRA is emulated: the weights bitsandbytes would quantize
     stay in the compute dtype and are returned by id."""
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -196,7 +196,7 @@ def _llm(recipe: Recipe, quantized: bool, checkpointing: bool, tokenizer,
 def build_skeleton(recipe: Recipe, quantized: bool = False, checkpointing: bool = False,
                    tokenizer=None, llm_layers: int | None = None) -> Skeleton:
     """The recipe's :class:`DualEncoderLLM` on the meta device, assembled as
-    :func:`reasoning.builders.build_model` assembles it (``llm_layers``: keep only the
+    :func:`reasoning.model.builders.build_model` assembles it (``llm_layers``: keep only the
     LLM's first decoder layers, for a shallow trace)."""
     with torch.device("meta"):
         speech = _speech_encoder(recipe)
@@ -317,7 +317,7 @@ class Lengths:
 def plan_lengths(recipe: Recipe, audio_tokens: int, tokenizer, clip_seconds: float | None = None,
                  prompt_tokens: int | None = None, target_tokens: int = DEFAULT_TARGET_TOKENS) -> Lengths:
     """Batch, clip and sequence lengths of the estimate (see the module docstring)."""
-    from reasoning.data import PromptBuilder
+    from reasoning.tasks.prompts import PromptBuilder
 
     d = recipe.data
     tasks = list(d.tasks)

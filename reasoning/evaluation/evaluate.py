@@ -5,7 +5,7 @@
         [--probe-encoder WHISPER_DIR]
 
 Every system is trained (baselines) or applied (the model) fold by fold on the same rows
-and scored by the same code, :mod:`reasoning.metrics`. Without ``--checkpoint`` only the
+and scored by the same code, :mod:`reasoning.evaluation.metrics`. Without ``--checkpoint`` only the
 baselines run. The ``probe`` baseline (a linear probe on the speech encoder) needs that
 encoder: ``--probe-encoder``, or the ``model.speech`` of the checkpoint's ``recipe.yaml``; it
 runs only when asked for.
@@ -50,18 +50,18 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from reasoning.baselines import (BASELINE_NAMES, BASELINES, DEFAULT_BASELINES, EGEMAPS_CACHE_NAME,
+from reasoning.evaluation.baselines import (BASELINE_NAMES, BASELINES, DEFAULT_BASELINES, EGEMAPS_CACHE_NAME,
                                  PROBE_CACHE_DIR, EgemapsCache, extract_egemaps,
                                  missing_transcripts)
-from reasoning.checkpoint import add_device_argument, read_recipe, resolve_device
-from reasoning.config import RECIPE_NAME, SpeechEncoderConfig, load_recipe, recipe_hash
+from reasoning.training.checkpoint import add_device_argument, read_recipe, resolve_device
+from reasoning.training.config import RECIPE_NAME, SpeechEncoderConfig, load_recipe, recipe_hash
 from reasoning.errors import UserError
-from reasoning.folds import (PROTOCOLS, Protocol, aggregate_folds, get_protocol, iter_folds,
+from reasoning.evaluation.folds import (PROTOCOLS, Protocol, aggregate_folds, get_protocol, iter_folds,
                              select_rows)
 from reasoning.manifest import DIMENSIONS, read_manifest
-from reasoning.metrics import asr_metrics, emotion_metrics, rationale_metrics, va_metrics
+from reasoning.evaluation.metrics import asr_metrics, emotion_metrics, rationale_metrics, va_metrics
 from reasoning.prepare.protocols import protocol_names
-from reasoning.report import (METRICS_NAME, TABLE_NAME, json_default, package_versions,
+from reasoning.evaluation.report import (METRICS_NAME, TABLE_NAME, json_default, package_versions,
                               write_json, write_report)
 
 log = logging.getLogger(__name__)
@@ -274,7 +274,7 @@ def _drop_unusable(rows: list[dict], systems: list[str], cache_path: Path,
         features["egemaps"], failed = extract_egemaps(rows, EgemapsCache(cache_path))
         rows = drop(rows, failed)
     if PROBE_NAME in systems:
-        from reasoning.probe import extract_probe_features, load_probe_encoder, probe_cache
+        from reasoning.evaluation.probe import extract_probe_features, load_probe_encoder, probe_cache
 
         encoder = load_probe_encoder(probe_speech)
         features[PROBE_NAME], failed = extract_probe_features(

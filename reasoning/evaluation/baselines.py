@@ -9,14 +9,14 @@
 * ``tfidf``: transcript word uni- and bigrams, TF-IDF (sublinear tf) -> the same logistic
   regression. It runs only where every train and test row has a transcript.
 * ``probe``: the model's own frozen speech encoder, mean-pooled at one hidden layer
-  (features from :mod:`reasoning.probe`) -> StandardScaler -> the same logistic regression:
+  (features from :mod:`reasoning.evaluation.probe`) -> StandardScaler -> the same logistic regression:
   what the LLM adds over its encoder, as EmoBox measures encoders. The layer is chosen on
   the fold's training rows only, by a speaker-grouped inner cross-validation (UA per
   layer); the prediction dict adds ``layer_choice`` (:func:`choose_probe_layer`). It needs
   an encoder, so it is not among the :data:`DEFAULT_BASELINES` of ``emoreason eval``.
 
 Each returns a prediction dict in the format of the model's ``predict_rows`` so that
-:mod:`reasoning.metrics` treats all systems alike::
+:mod:`reasoning.evaluation.metrics` treats all systems alike::
 
     {"labels": [str] * N, "scores": np.ndarray (N, L), "label_set": [str] * L,
      "valence": None, "arousal": None, "rationales": None}
@@ -47,13 +47,13 @@ from sklearn.preprocessing import StandardScaler
 
 from reasoning.audio import SAMPLE_RATE, load_audio
 from reasoning.errors import AudioError, UserError
-from reasoning.metrics import unweighted_recall
+from reasoning.evaluation.metrics import unweighted_recall
 from reasoning.files import atomic_file, file_stamp
 
 log = logging.getLogger(__name__)
 
 EGEMAPS_CACHE_NAME = "egemaps_cache.npz"
-PROBE_CACHE_DIR = "probe_cache"  # reasoning.probe's pooled encoder features, one file per clip
+PROBE_CACHE_DIR = "probe_cache"  # reasoning.evaluation.probe's pooled encoder features, one file per clip
 FEATURE_SET = "eGeMAPSv02/Functionals"
 BASELINE_NAMES = ("majority", "egemaps", "tfidf", "probe")
 # what `emoreason eval` runs when not told: the probe needs a speech encoder (--probe-encoder)
@@ -312,7 +312,7 @@ def probe_baseline(train_rows: Sequence[dict], test_rows: Sequence[dict],
     """The encoder probe: choose a layer on ``train_rows`` (:func:`choose_probe_layer`),
     then a standardised, class-balanced logistic regression on all training rows at that
     layer. ``features``: {row id: (L, D) pooled layers} from
-    :func:`reasoning.probe.extract_probe_features`. The prediction dict adds
+    :func:`reasoning.evaluation.probe.extract_probe_features`. The prediction dict adds
     ``layer_choice``."""
     if features is None:
         raise UserError("probe baseline: no encoder features. `emoreason eval --baselines "

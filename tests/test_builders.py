@@ -115,7 +115,7 @@ def test_the_loaders_outside_the_builders_fail_at_once_too(loader, tmp_path, mon
         if loader == "saliency":
             import argparse
 
-            from reasoning.model.dual_encoder import saliency
+            from reasoning.model import saliency
             saliency.run(argparse.Namespace(encoder="emoreason-test/not-cached", manifest=str(SAMPLES),
                                             target="emotion", split=[], max_clips=4, seed=0, out=str(tmp_path)))
         else:

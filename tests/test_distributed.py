@@ -12,7 +12,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from reasoning.model.dual_encoder import memory
+from reasoning.model import memory
 from reasoning.training.checkpoint import ADAPTER_DIR, MODULES_FILE, load_for_inference, without_fsdp_units
 from reasoning.training.config import load_recipe
 from reasoning.training.distributed import layer_classes

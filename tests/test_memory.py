@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from reasoning.model.dual_encoder import memory
+from reasoning.model import memory
 from reasoning.model.builders import build_model, materialize
 from reasoning.training.config import load_recipe
 from reasoning.errors import UserError

@@ -10,7 +10,7 @@ import soundfile as sf
 import torch
 from torch import nn
 
-from reasoning.model.dual_encoder import saliency
+from reasoning.model import saliency
 from reasoning.training.config import load_recipe
 from reasoning.errors import RecipeError
 from reasoning.manifest import read_manifest

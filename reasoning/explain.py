@@ -228,7 +228,7 @@ def other_clips(rows: list[dict]) -> list[int | None]:
     checked against (clip-specific grounding): the next one by id, cyclically, with measured
     evidence and another gold label, else with the same label; None when the speaker has no
     other clip with evidence. Deterministic: it depends on the rows' ids only."""
-    from reasoning.training.rewards import has_evidence
+    from reasoning.evidence.measure import has_evidence
 
     by_speaker: dict = {}
     for i in sorted(range(len(rows)), key=lambda i: str(rows[i]["id"])):
@@ -252,7 +252,7 @@ def verify_rationales(pred: dict, rows: list[dict]) -> dict:
     the verdict fields (:func:`reasoning.rationales.verify.verdict_fields`), ``passed_other_clip``
     (None without such a clip) and ``other_clip``."""
     from reasoning.rationales.verify import verdict_fields, verify
-    from reasoning.training.rewards import has_evidence
+    from reasoning.evidence.measure import has_evidence
 
     others = other_clips(rows)
     for rec, row, other in zip(pred["rationales"] or [], rows, others):

@@ -95,11 +95,16 @@ Z_FEATURE_UNITS = {"f0_mean_st": "st", "f0_range_st": "st", "f0_sd_st": "st", "l
                    "shimmer_local": "%", "hnr_db": "dB", "spectral_slope": "dB/Hz"}
 
 
+def has_evidence(row: dict) -> bool:
+    """Whether ``row`` holds measured evidence (the verifier, z-scores and cue lines read it)."""
+    ev = row.get("evidence")
+    return isinstance(ev, dict) and not ev.get("error")
+
+
 def _baseline_groups(rows: list[dict]) -> tuple[dict[tuple, list[dict]], dict[tuple, dict]]:
     """The candidate baselines of ``rows`` (speaker, corpus and gender, corpus) and each one's
     (mean, sample std) per feature of :data:`Z_FEATURES`."""
-    usable = [r for r in rows if isinstance(r.get("evidence"), dict)
-              and not r["evidence"].get("error") and "silent" not in r["evidence"].get("flags", [])]
+    usable = [r for r in rows if has_evidence(r) and "silent" not in r["evidence"].get("flags", [])]
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in usable:
         ds = r.get("dataset")

@@ -43,7 +43,8 @@ from reasoning.tasks.collate import AudioCache, Collator, to_device
 from reasoning.tasks.prompts import PromptBuilder
 from reasoning.errors import RecipeError, UserError
 from reasoning.manifest import read_manifest
-from reasoning.training.rewards import REWARDS, Completion, has_evidence
+from reasoning.evidence.measure import has_evidence
+from reasoning.training.rewards import REWARDS, Completion
 
 log = logging.getLogger(__name__)
 

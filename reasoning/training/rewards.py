@@ -53,14 +53,9 @@ def votes_reward(c: Completion, row: dict) -> float:
     return 0.0 if stated is None else vote_distribution(row, c.labels)[c.labels.index(stated)]
 
 
-def has_evidence(row: dict) -> bool:
-    """Whether ``row`` holds measured evidence the verifier can judge claims against."""
-    ev = row.get("evidence")
-    return isinstance(ev, dict) and not ev.get("error")
-
-
 def grounding_reward(c: Completion, row: dict) -> float:
     """(accepted - rejected) / made over the evidence claims, in [-1, 1]; -1 with none."""
+    from reasoning.evidence.measure import has_evidence
     from reasoning.explain import label_first
     from reasoning.rationales.verify import verify
 

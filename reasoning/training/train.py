@@ -33,6 +33,7 @@ from reasoning.tasks.prompts import TRANSCRIPT_TASKS, VA_PROMPT_TASKS, PromptBui
 from reasoning.tasks.schedule import TaskSchedule, schedule_loader
 from reasoning.training.distributed import gather_rows, layer_classes
 from reasoning.errors import RecipeError, UserError
+from reasoning.evidence.measure import has_evidence
 from reasoning.files import remove_dir
 from reasoning.manifest import read_manifest
 
@@ -209,8 +210,7 @@ class TrainRecipe:
         p, manifest = self.recipe.prompt, self.recipe.data.train_manifest
         if p.evidence != "none":
             used = sorted({i for t, idx in examples.items() if t in TRANSCRIPT_TASKS for i in idx})
-            missing = [rows[i]["id"] for i in used if not isinstance(rows[i].get("evidence"), dict)
-                       or rows[i]["evidence"].get("error")]
+            missing = [rows[i]["id"] for i in used if not has_evidence(rows[i])]
             if missing:
                 raise RecipeError(
                     f"prompt.evidence is `{p.evidence}`, but {len(missing)} of {len(used)} training rows of "

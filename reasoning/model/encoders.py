@@ -174,6 +174,15 @@ def wave_normalization(path: str | None) -> bool:
     return bool(extractor.do_normalize)
 
 
+def masked_standardize(x: torch.Tensor, real: torch.Tensor, eps: float) -> torch.Tensor:
+    """``x`` (..., T) with zero mean and unit variance over its last dimension, counting only
+    the positions where ``real`` (broadcastable to ``x``, 0/1) is set; zero elsewhere."""
+    n = real.sum(-1, keepdim=True).clamp(min=1)
+    mean = (x * real).sum(-1, keepdim=True) / n
+    var = (((x - mean) * real) ** 2).sum(-1, keepdim=True) / n
+    return (x - mean) / torch.sqrt(var + eps) * real
+
+
 class MaskedGroupNorm(nn.Module):
     """The group norm of an SSL model's first convolution (``feat_extract_norm="group"``:
     one group per channel, statistics over time) taken over each clip's real frames only.
@@ -195,13 +204,9 @@ class MaskedGroupNorm(nn.Module):
         """(B, C, T) -> (B, C, T), zero past each clip's real frames."""
         if self.lengths is None:
             return nn.functional.group_norm(x, x.shape[1], self.weight, self.bias, self.eps)
-        h = x.float()
-        real = (torch.arange(h.shape[-1], device=h.device)[None, :] < self.lengths.to(h.device)[:, None])
+        real = (torch.arange(x.shape[-1], device=x.device)[None, :] < self.lengths.to(x.device)[:, None])
         real = real[:, None, :].float()                                  # (B, 1, T)
-        n = real.sum(-1, keepdim=True).clamp(min=1)
-        mean = (h * real).sum(-1, keepdim=True) / n
-        var = (((h - mean) * real) ** 2).sum(-1, keepdim=True) / n
-        h = (h - mean) * torch.rsqrt(var + self.eps) * self.weight.float()[:, None] + self.bias.float()[:, None]
+        h = masked_standardize(x.float(), real, self.eps) * self.weight.float()[:, None] + self.bias.float()[:, None]
         return (h * real).to(x.dtype)
 
 
@@ -235,10 +240,7 @@ class SSLEncoder(nn.Module):
         An empty tuple when the model returns no hidden states."""
         mask = (torch.arange(waves.shape[1], device=waves.device)[None, :] < wave_lengths[:, None])
         if self.normalize:  # per-clip zero mean, unit variance over the real samples, as in pre-training
-            n = wave_lengths.clamp(min=1)[:, None].to(waves.dtype)
-            mean = (waves * mask).sum(1, keepdim=True) / n
-            var = (((waves - mean) * mask) ** 2).sum(1, keepdim=True) / n
-            waves = (waves - mean) / torch.sqrt(var + 1e-7) * mask
+            waves = masked_standardize(waves, mask.to(waves.dtype), 1e-7)
         dtype = next(self.model.parameters()).dtype
         if self.group_norm is not None:
             # Real frames of the first convolution (no padding, so its frames past a clip's end

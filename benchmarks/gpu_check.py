@@ -170,7 +170,7 @@ def run_training(name: str, args) -> dict:
 
 
 def run_explain(args) -> dict:
-    from reasoning.training.config import load_recipe
+    from reasoning.training.config import RECIPE_NAME, load_recipe
     from reasoning.explain import Explainer
     from reasoning.manifest import read_manifest
     from reasoning.model.memory import VARIANTS, estimate_memory, recipe_variant
@@ -178,7 +178,7 @@ def run_explain(args) -> dict:
     run = Path(args.work) / "small_lora" / "run"
     if not run.is_dir():
         raise RuntimeError(f"{run}: no small_lora run to explain (its stage failed)")
-    recipe = load_recipe(run / "recipe.yaml")
+    recipe = load_recipe(run / RECIPE_NAME)
     rows = read_manifest(recipe.data.train_manifest)[:8]
     t0 = time.perf_counter()
     with Peak(args.cpu) as peak:

@@ -251,8 +251,8 @@ def verify_rationales(pred: dict, rows: list[dict]) -> dict:
     the same gold label and transcript, so only the measured cues differ): each record gets
     the verdict fields (:func:`reasoning.rationales.verify.verdict_fields`), ``passed_other_clip``
     (None without such a clip) and ``other_clip``."""
-    from reasoning.rationales.verify import verdict_fields, verify
     from reasoning.evidence.measure import has_evidence
+    from reasoning.rationales.verify import verdict_fields, verify
 
     others = other_clips(rows)
     for rec, row, other in zip(pred["rationales"] or [], rows, others):

@@ -266,13 +266,18 @@ def verify_rationales(pred: dict, rows: list[dict]) -> dict:
     return pred
 
 
+def verified_predictions(explainer: Explainer, rows: list[dict], rationale: bool = True,
+                         progress: bool = True) -> dict:
+    """``explainer``'s predictions for manifest rows, in the form ``emoreason eval`` consumes,
+    with the generated rationales checked by the verifier."""
+    preds = explainer.predict(rows, rationale, progress=progress, oracle=explainer.prompt.two_step)
+    return verify_rationales(prediction_dict(explainer.labels, preds, explainer.prompt_meta()), rows)
+
+
 def predict_rows(checkpoint: str | Path, rows: list[dict], rationale: bool = True,
                  batch_size: int = 16, device: str | None = None) -> dict:
-    """Predictions for manifest rows, in the form ``emoreason eval`` consumes, with the
-    generated rationales checked by the verifier."""
-    explainer = Explainer(checkpoint, batch_size, device=device)
-    preds = explainer.predict(rows, rationale, oracle=explainer.prompt.two_step)
-    return verify_rationales(prediction_dict(explainer.labels, preds, explainer.prompt_meta()), rows)
+    """:func:`verified_predictions` of the model in ``checkpoint``."""
+    return verified_predictions(Explainer(checkpoint, batch_size, device=device), rows, rationale)
 
 
 def find_clips(paths: list[str]) -> list[Path]:

@@ -20,7 +20,7 @@ from reasoning.training.config import load_recipe
 from reasoning.errors import UserError
 from reasoning.evaluation.evaluate import evaluate_rows
 from reasoning.evidence import measure_manifest
-from reasoning.explain import Explainer, format_summary, prediction_dict, verify_rationales
+from reasoning.explain import Explainer, format_summary, verified_predictions
 from reasoning.manifest import read_manifest, write_manifest
 from reasoning.rationales import write_rationales
 from reasoning.training.train import TrainRecipe, rows_in_splits
@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     explainer = Explainer(out)
 
     def predict(fold: str, rows: list[dict]) -> dict:
-        return verify_rationales(prediction_dict(explainer.labels, explainer.predict(rows, progress=False)), rows)
+        return verified_predictions(explainer, rows, progress=False)
 
     # The held-out speaker is that speaker's leave-one-speaker-out fold, so `emoreason eval`'s
     # own code scores it beside the majority baseline and writes metrics.json, report.md

@@ -45,8 +45,7 @@ class Explainer:
         self.model, self.tokenizer, self.recipe, self.checkpoint = load_for_inference(checkpoint, self.device)
         self.labels = list(self.recipe.data.labels)
         self.prompt = self.recipe.prompt
-        self.builder = PromptBuilder(self.tokenizer, self.labels, self.model.num_audio_tokens,
-                                     self.recipe.prompt.system)
+        self.builder = PromptBuilder.for_recipe(self.tokenizer, self.recipe, self.model.num_audio_tokens)
         # Clips are read once each; no need to keep them. Never augmented: no epoch is passed.
         self.collate = Collator(self.builder, AudioCache(max_mb=0), self.prompt.transcript,
                                 self.prompt.two_step, self.prompt.rationale_order,

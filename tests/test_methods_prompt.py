@@ -78,7 +78,25 @@ def test_rationale_order_changes_the_target(tokenizer):
         assert stated_emotion(text(first), LABELS) == stated_emotion(text(last), LABELS) == row["emotion"]
 
 
+def test_a_recipe_instruction_replaces_the_default_in_every_prompt_builder(tmp_path, tokenizer):
+    """`prompt.instructions` shortens a task's instruction (every prompt token costs a CPU
+    step); the other tasks keep theirs, and training and explain build the same prompts."""
+    recipe = load_recipe(tree=tiny_recipe_tree(tmp_path), overrides=[
+        "data.tasks={emotion: 1.0, rationale: 1.0}", "prompt.instructions={emotion: 'Emotion of {labels}?'}"])
+    builder = PromptBuilder.for_recipe(tokenizer, recipe, 4)
+    default = PromptBuilder(tokenizer, recipe.data.labels, 4)
+    emotion = tokenizer.decode(builder.prompt("emotion")[0])
+    assert f"Emotion of {', '.join(recipe.data.labels)}?" in emotion
+    assert "Which emotion" not in emotion
+    assert len(builder.prompt("emotion")[0]) < len(default.prompt("emotion")[0])
+    assert builder.prompt("rationale") == default.prompt("rationale")
+
+
 @pytest.mark.parametrize("override, message", [
+    ("prompt.instructions={emotions: 'Emotion?'}", r"prompt.instructions: 'emotions' is not a task"),
+    ("prompt.instructions={emotion: ''}", r"prompt.instructions.emotion must be a non-empty text"),
+    ("prompt.instructions={emotion: 'Why?', rationale: 'Why?'}",
+     r"prompt.instructions: emotion and rationale would have the same instruction"),
     ("prompt.transcript=subtitles", "prompt.transcript"),
     ("prompt.rationale_order=random", "prompt.rationale_order"),
     ("prompt.transcript=asr", r"prompt.transcript is `asr`.*add asr to data.tasks"),

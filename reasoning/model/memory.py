@@ -323,7 +323,7 @@ def plan_lengths(recipe: Recipe, audio_tokens: int, tokenizer, clip_seconds: flo
     tasks = list(d.tasks)
     exact = tokenizer is not None and prompt_tokens is None
     if exact:
-        builder = PromptBuilder(tokenizer, d.labels, audio_tokens, recipe.prompt.system)
+        builder = PromptBuilder.for_recipe(tokenizer, recipe, audio_tokens)
         prompt = {t: len(builder.prompt(t)[0]) for t in tasks}
         label_tokens = max((len(builder.target(x)) for x in d.labels), default=1)
     else:

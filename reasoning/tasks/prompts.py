@@ -69,7 +69,8 @@ class PromptBuilder:
     the projected audio embeddings.
     """
 
-    def __init__(self, tokenizer, labels: list[str], num_audio_tokens: int, system: str | None = None):
+    def __init__(self, tokenizer, labels: list[str], num_audio_tokens: int, system: str | None = None,
+                 instructions: dict[str, str] | None = None):
         if tokenizer.chat_template is None:
             raise ValueError("the tokenizer has no chat template; use an instruct model's tokenizer")
         self.tokenizer = tokenizer
@@ -78,9 +79,16 @@ class PromptBuilder:
         # Templates such as SmolLM2's and Qwen2.5's add a default system message of ~20 tokens
         # when none is given: a third of a short prompt, run through the LLM at every step.
         self.system = [] if system is None else [{"role": "system", "content": system}]
+        self.instructions = {**INSTRUCTIONS, **(instructions or {})}
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.turn_end_ids = self._turn_end_ids()
         self._prompts: dict[str, tuple[list[int], list[bool]]] = {}
+
+    @classmethod
+    def for_recipe(cls, tokenizer, recipe, num_audio_tokens: int) -> "PromptBuilder":
+        """The prompts of ``recipe`` (its labels and ``prompt`` section) for this tokenizer."""
+        p = recipe.prompt
+        return cls(tokenizer, recipe.data.labels, num_audio_tokens, p.system, p.instructions)
 
     def _encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -105,7 +113,7 @@ class PromptBuilder:
         """
         key = (task, transcript, va, cues)
         if key not in self._prompts:
-            instruction = INSTRUCTIONS[task].format(labels=", ".join(self.labels))
+            instruction = self.instructions[task].format(labels=", ".join(self.labels))
             content = f"{AUDIO_PLACEHOLDER}\n{instruction}"
             if va is not None:
                 content = f"{AUDIO_PLACEHOLDER}\n{va_text(*va)}\n{instruction}"

@@ -27,6 +27,7 @@ from typing import Any
 import yaml
 
 from reasoning.errors import RecipeError
+from reasoning.tasks.prompts import INSTRUCTIONS
 from reasoning.training.rewards import check_weights
 
 RECIPE_NAME = "recipe.yaml"
@@ -224,8 +225,21 @@ class PromptConfig:
     evidence: str = _f("none", "Measured cues as words in the emotion, va and rationale prompts, before the audio (as SpeechCueLLM, arXiv 2407.21315, describes the voice to the LLM): `none`; `measured`: each cue of the clip's evidence that departs from its speaker's baseline, in the template rationales' own words (\"Against this speaker: a very wide pitch range, a very quiet voice.\"). Every row needs measured evidence (`emoreason evidence`); `explain` and `demo` measure each clip alone, against the corpus the model was trained on.")
     system: str | None = _f(None, "System message of every prompt; null: the chat template's default (SmolLM2's and Qwen2.5's add about 20 tokens), \"\": an empty one.")
     asr_max_tokens: int = _f(48, "`transcript: asr`: length limit of the model's own transcript.")
+    instructions: dict = _f({}, "Task -> instruction text replacing the default one (reasoning/tasks/prompts.py INSTRUCTIONS), `{labels}` standing for the label list: e.g. `{emotion: \"Emotion?\"}`. Label scoring needs no list of labels in the prompt, and on a CPU every prompt token costs at each step. Each task's instruction must differ from the others': it is what tells the tasks apart.")
 
     def __post_init__(self) -> None:
+        for task, text in self.instructions.items():
+            if task not in INSTRUCTIONS:
+                raise RecipeError(f"prompt.instructions: {task!r} is not a task; tasks: {', '.join(INSTRUCTIONS)}.")
+            if not isinstance(text, str) or not text.strip():
+                raise RecipeError(f"prompt.instructions.{task} must be a non-empty text.")
+        merged = {**INSTRUCTIONS, **self.instructions}
+        for task in self.instructions:
+            for other, text in merged.items():
+                if other != task and text == merged[task]:
+                    pair = " and ".join(sorted((task, other), key=list(INSTRUCTIONS).index))
+                    raise RecipeError(f"prompt.instructions: {pair} would have the same instruction "
+                                      f"{text!r}; give each task its own.")
         if self.transcript not in TRANSCRIPT_MODES:
             raise RecipeError(f"prompt.transcript: {self.transcript!r} is not one of {', '.join(TRANSCRIPT_MODES)}.")
         if self.evidence not in EVIDENCE_MODES:

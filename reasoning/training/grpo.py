@@ -220,7 +220,7 @@ class GrpoRecipe:
         log.info("GRPO trains the LoRA adapter only: %d tensors, %d parameters", len(self.params),
                  sum(p.numel() for p in self.params.values()))
         p = self.recipe.prompt
-        self.builder = PromptBuilder(self.tokenizer, self.recipe.data.labels, self.model.num_audio_tokens, p.system)
+        self.builder = PromptBuilder.for_recipe(self.tokenizer, self.recipe, self.model.num_audio_tokens)
         self.collate = Collator(self.builder, AudioCache(), p.transcript, p.two_step, p.rationale_order,
                                 max_seconds=self.recipe.model.speech.max_seconds,
                                 dimensions=tuple(self.recipe.heads.dimensions), evidence=p.evidence)

@@ -165,7 +165,7 @@ class TrainRecipe:
             raise UserError(f"{d.train_manifest}: no rows in split(s) {d.train_split}. "
                             "Check data.train_split against the manifest's `split` values.")
         self.rows = rows
-        self.builder = PromptBuilder(self.tokenizer, d.labels, self.model.num_audio_tokens, r.prompt.system)
+        self.builder = PromptBuilder.for_recipe(self.tokenizer, r, self.model.num_audio_tokens)
         self.collate = Collator(self.builder, AudioCache(d.audio_cache_mb), r.prompt.transcript,
                                 r.prompt.two_step, r.prompt.rationale_order,
                                 augment=build_augmenter(r.augment, r.train.seed),

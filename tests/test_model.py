@@ -1,4 +1,5 @@
 import numpy as np
+import torch.nn.functional as F
 import pytest
 import torch
 
@@ -339,3 +340,34 @@ def test_the_va_pass_reads_hidden_states_without_the_lm_head(tiny):
         expected = model.va_head(model.pooled_audio_state(full, batch["audio_mask"]))
     torch.testing.assert_close(va, expected, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(loss, model._va_loss(expected, batch["va"]), atol=1e-6, rtol=1e-5)
+
+
+def test_the_audio_emotion_head_reads_the_projected_audio_tokens(tmp_path):
+    """`heads.audio_emotion_weight`: a linear emotion classifier on the mean of the audio
+    tokens the LLM reads, its cross-entropy with the gold label added in emotion batches, so
+    the projectors get a direct emotion signal (not only through the LLM)."""
+    recipe = materialize(load_recipe(tree=tiny_recipe_tree(tmp_path),
+                                     overrides=["heads.audio_emotion_weight=0.5"]), tmp_path)
+    torch.manual_seed(0)
+    model, tokenizer = build_model(recipe)
+    model.train()
+    assert model.part_of("audio_emotion_head.weight") == "heads"
+    builder = PromptBuilder.for_recipe(tokenizer, recipe, model.num_audio_tokens)
+    collate = Collator(builder, AudioCache())
+    batch = collate(read_manifest(SAMPLES)[:4], "emotion")
+    torch.manual_seed(1)
+    losses = model(batch)
+    audio = model.encode_audio(batch["waves"], batch["wave_lengths"])
+    expected = F.cross_entropy(model.audio_emotion_head(audio.float().mean(1)), batch["label_index"])
+    torch.testing.assert_close(losses["audio_emotion"], expected)
+    model.audio_emotion_weight = 0.0
+    torch.manual_seed(1)
+    without = model(batch)
+    model.audio_emotion_weight = 0.5
+    assert "audio_emotion" not in without
+    torch.testing.assert_close(losses["loss"], without["loss"] + 0.5 * expected)
+    losses["loss"].backward()
+    assert model.audio_emotion_head.weight.grad.abs().sum() > 0
+    assert "audio_emotion" not in model(collate(read_manifest(SAMPLES)[:4], "rationale"))
+    plain, _ = build_model(materialize(load_recipe(tree=tiny_recipe_tree(tmp_path / "plain")), tmp_path / "plain"))
+    assert plain.audio_emotion_head is None

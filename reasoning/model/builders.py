@@ -289,8 +289,9 @@ def assemble(recipe: Recipe, speech: nn.Module, para: nn.Module | None, llm: nn.
     return DualEncoderLLM(
         speech, para, projectors, llm, VAHead(hidden, h.va_pooling, n_out=len(h.dimensions)),
         gender_head=nn.Linear(hidden, 2) if h.gender_weight > 0 else None,
+        audio_emotion_head=nn.Linear(hidden, len(recipe.data.labels)) if h.audio_emotion_weight > 0 else None,
         fusion=m.fusion, fuse=fuse, va_layer=h.va_layer, va_loss=h.va_loss, va_weight=h.va_weight,
-        gender_weight=h.gender_weight, emotion_loss=h.emotion_loss,
+        gender_weight=h.gender_weight, audio_emotion_weight=h.audio_emotion_weight, emotion_loss=h.emotion_loss,
         va_in_emotion=h.va_in_emotion, va_dimensions=tuple(h.dimensions))
 
 

@@ -114,9 +114,11 @@ class DualEncoderLLM(nn.Module):
 
     def __init__(self, speech_encoder: nn.Module, paralinguistic_encoder: nn.Module | None,
                  projectors: nn.ModuleDict, llm: nn.Module, va_head: VAHead,
-                 gender_head: nn.Module | None = None, fusion: str = "sequence",
+                 gender_head: nn.Module | None = None, audio_emotion_head: nn.Module | None = None,
+                 fusion: str = "sequence",
                  fuse: nn.Module | None = None, va_layer: int = -1, va_loss: str = "ccc",
-                 va_weight: float = 1.0, gender_weight: float = 0.0, emotion_loss: str = "lm",
+                 va_weight: float = 1.0, gender_weight: float = 0.0, audio_emotion_weight: float = 0.0,
+                 emotion_loss: str = "lm",
                  va_in_emotion: bool = False, va_dimensions: tuple[str, ...] = ("valence", "arousal")):
         super().__init__()
         self.speech_encoder = speech_encoder
@@ -126,11 +128,13 @@ class DualEncoderLLM(nn.Module):
         self.llm = llm
         self.va_head = va_head
         self.gender_head = gender_head
+        self.audio_emotion_head = audio_emotion_head  # (H,) mean audio token -> label logits
         self.fusion = fusion
         self.va_layer = va_layer
         self.va_loss = va_loss
         self.va_weight = va_weight
         self.gender_weight = gender_weight
+        self.audio_emotion_weight = audio_emotion_weight
         self.emotion_loss = emotion_loss
         self.va_in_emotion = va_in_emotion
         self.va_dimensions = tuple(va_dimensions)  # the columns of the VA head's output
@@ -149,7 +153,8 @@ class DualEncoderLLM(nn.Module):
         for prefix, part in (("speech_encoder.", "speech"), ("projectors.speech.", "speech"),
                              ("paralinguistic_encoder.", "paralinguistic"),
                              ("projectors.paralinguistic.", "paralinguistic"), ("fuse.", "paralinguistic"),
-                             ("llm.", "llm"), ("va_head.", "heads"), ("gender_head.", "heads")):
+                             ("llm.", "llm"), ("va_head.", "heads"), ("gender_head.", "heads"),
+                             ("audio_emotion_head.", "heads")):
             if name.startswith(prefix):
                 return part
         raise KeyError(name)
@@ -251,7 +256,8 @@ class DualEncoderLLM(nn.Module):
         not in the total) for the training log.
         """
         task = batch["task"]
-        prompt = self.embed_prompt(batch)
+        audio = self.encode_audio(batch["waves"], batch["wave_lengths"], batch.get("clips"))
+        prompt = self.embed_prompt(batch, audio)
         mask = batch["audio_mask"]
         losses: dict[str, torch.Tensor] = {}
         want_va = task == "va" or (task == "emotion" and self.va_in_emotion)
@@ -272,6 +278,10 @@ class DualEncoderLLM(nn.Module):
             losses["lm"], out = self.lm_loss(batch, prompt, want_hidden=need_pooled)
             pooled = self.pooled_audio_state(out.hidden_states, mask) if need_pooled else None
         total = sum(losses.values())
+        if task == "emotion" and self.audio_emotion_head is not None and self.audio_emotion_weight > 0:
+            logits = self.audio_emotion_head(audio.float().mean(1))
+            losses["audio_emotion"] = F.cross_entropy(logits, batch["label_index"])
+            total = total + self.audio_emotion_weight * losses["audio_emotion"]
         per_dim = None
         if want_va:
             losses["va"], per_dim = self._va_terms(self.va_head(pooled), batch["va"])

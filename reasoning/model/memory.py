@@ -211,7 +211,7 @@ def build_skeleton(recipe: Recipe, quantized: bool = False, checkpointing: bool 
 GROUPS = (("speech encoder", ("speech_encoder.",)),
           ("paralinguistic encoder", ("paralinguistic_encoder.",)),
           ("LLM", ("llm.",)),
-          ("projectors + heads", ("projectors.", "fuse.", "va_head.", "gender_head.")))
+          ("projectors + heads", ("projectors.", "fuse.", "va_head.", "gender_head.", "audio_emotion_head.")))
 
 
 def count_parameters(model: nn.Module) -> dict[str, tuple[int, int]]:

@@ -77,7 +77,7 @@ def test_label_probabilities_sum_to_one_and_match_full_scoring(tiny):
     assert logp.shape == (len(rows), len(recipe.data.labels))
     torch.testing.assert_close(logp.exp().sum(-1), torch.ones(len(rows)))
 
-    # The shared-prefix pass equals scoring each full sequence "prompt + label" on its own.
+    # The packed pass equals scoring each full sequence "prompt + label" on its own.
     with torch.no_grad():
         prompt = model.embed_prompt(batch)
         brute = torch.zeros_like(logp)
@@ -164,8 +164,8 @@ def test_feature_fusion_and_opensmile_build(tmp_path):
 
 
 def test_soft_targets_train_with_gradient_checkpointing(tmp_path):
-    """Checkpointing turns the KV cache off in training; label scoring still works and
-    gives the scores of the shared-prefix path."""
+    """With checkpointing, label scoring trains (soft targets, VA from the same pass) and
+    gives the scores of evaluation, without checkpointing."""
     tree = tiny_recipe_tree(tmp_path)
     tree["model"]["llm"]["gradient_checkpointing"] = True
     tree["heads"]["emotion_loss"] = "soft"

@@ -317,7 +317,7 @@ class DualEncoderLLM(nn.Module):
         audio state of the prompt positions (else None); see :meth:`score_labels`."""
         mask = batch["attention_mask"]                             # (B, P), left-padded
         cand, cand_mask = batch["label_ids"], batch["label_mask"]  # (L, C), right-padded
-        (B, P), (L, C) = mask.shape, cand.shape
+        B, (L, C) = mask.shape[0], cand.shape
         # A candidate's last token is scored but never fed: its C - 1 first tokens follow the
         # prompt, the L candidates one after another: P + L * (C - 1) positions per clip.
         fed = cand[:, :-1].reshape(1, -1).expand(B, -1)
@@ -351,9 +351,9 @@ class DualEncoderLLM(nn.Module):
 
         ``loglik`` returns the sequence log-likelihoods (B, L) before that normalisation.
 
-        ``with_va`` also returns the VA head's (B, D) prediction from the prompt positions of that pass:
-        every prompt puts the audio before the task's instruction, so under the causal mask
-        the audio positions the head pools are those of the VA prompt.
+        ``with_va`` also returns the VA head's (B, D) prediction from the prompt positions of
+        that pass: every prompt puts the audio before the task's instruction, so under the
+        causal mask the audio positions the head pools are those of the VA prompt.
         """
         if prompt_embeds is None:
             prompt_embeds = self.embed_prompt(batch)

@@ -1,7 +1,7 @@
 import numpy as np
-import torch.nn.functional as F
 import pytest
 import torch
+import torch.nn.functional as F
 
 from reasoning.model.builders import build_model, materialize
 from reasoning.training.config import load_recipe
@@ -78,7 +78,7 @@ def test_label_probabilities_sum_to_one_and_match_full_scoring(tiny):
     assert logp.shape == (len(rows), len(recipe.data.labels))
     torch.testing.assert_close(logp.exp().sum(-1), torch.ones(len(rows)))
 
-    # The shared-prefix pass equals scoring each full sequence "prompt + label" on its own.
+    # The packed pass equals scoring each full sequence "prompt + label" on its own.
     with torch.no_grad():
         prompt = model.embed_prompt(batch)
         brute = torch.zeros_like(logp)
@@ -165,8 +165,8 @@ def test_feature_fusion_and_opensmile_build(tmp_path):
 
 
 def test_soft_targets_train_with_gradient_checkpointing(tmp_path):
-    """Checkpointing turns the KV cache off in training; label scoring still works and
-    gives the scores of the shared-prefix path."""
+    """With checkpointing, label scoring trains (soft targets, VA from the same pass) and
+    gives the scores of evaluation, without checkpointing."""
     tree = tiny_recipe_tree(tmp_path)
     tree["model"]["llm"]["gradient_checkpointing"] = True
     tree["heads"]["emotion_loss"] = "soft"
@@ -192,7 +192,6 @@ def test_soft_targets_train_with_gradient_checkpointing(tmp_path):
 
 
 def test_lm_loss_through_the_kept_logits_equals_the_full_logits(tiny):
-    import torch.nn.functional as F
 
     model, _, _, collate, rows = tiny
     batch = collate(rows, "rationale")
@@ -264,7 +263,6 @@ def test_va_in_emotion_batches_is_the_va_batch_loss_from_the_same_pass(tiny, emo
 
 
 def test_va_loss_ccc_mse_is_the_sum_of_both(tiny):
-    import torch.nn.functional as F
 
     from reasoning.model.dual_encoder import ccc_loss
 
@@ -371,3 +369,90 @@ def test_the_audio_emotion_head_reads_the_projected_audio_tokens(tmp_path):
     assert "audio_emotion" not in model(collate(read_manifest(SAMPLES)[:4], "rationale"))
     plain, _ = build_model(materialize(load_recipe(tree=tiny_recipe_tree(tmp_path / "plain")), tmp_path / "plain"))
     assert plain.audio_emotion_head is None
+
+
+def _packed_case(tiny):
+    """An emotion batch whose prompts differ in length (left padding: gold transcripts of
+    different lengths) and whose candidates differ in length (right padding), and its prompt
+    embeddings."""
+    model, tokenizer, _, _, rows = tiny
+    labels = ["neutral", "happy", "angry", "sad", "boredom", "disgust"]
+    collate = Collator(PromptBuilder(tokenizer, labels, model.num_audio_tokens), AudioCache(), transcript="gold")
+    rows = [dict(r) for r in rows]
+    rows[1]["transcript"] = "Yes."
+    rows[2]["transcript"] = "I did not expect to see all of you here today, so early in the morning."
+    batch = collate(rows, "emotion")
+    assert batch["attention_mask"].sum(-1).unique().numel() == len(rows)
+    assert batch["label_mask"].sum(-1).unique().numel() > 1
+    with torch.no_grad():
+        prompt = model.embed_prompt(batch)
+    return batch, prompt
+
+
+def _scored_alone(model, batch, prompt):
+    """(B, L) log-likelihoods of each candidate, from one LLM run per clip and candidate on
+    that clip's real prompt embeddings and that candidate's real tokens, without padding or a mask."""
+    embed = model.llm.get_input_embeddings()
+    rows = []
+    for b in range(prompt.shape[0]):
+        real = prompt[b, batch["attention_mask"][b].bool()]
+        row = []
+        for ids, keep in zip(batch["label_ids"], batch["label_mask"]):
+            ids = ids[keep.bool()]
+            logits = model.llm(inputs_embeds=torch.cat([real, embed(ids)])[None], use_cache=False).logits[0].float()
+            lp = torch.log_softmax(logits[len(real) - 1:-1], -1)
+            row.append(lp.gather(-1, ids[:, None]).sum())
+        rows.append(torch.stack(row))
+    return torch.stack(rows)
+
+
+def test_packed_label_scores_equal_each_candidate_scored_alone(tiny):
+    """All candidates share one pass over "prompt + every candidate" with a mask that keeps
+    each candidate to the prompt and its own tokens: each log-likelihood is that of the
+    candidate scored alone after its clip's (unpadded) prompt, and the VA state is that of
+    the prompt alone."""
+    model, *_ = tiny
+    batch, prompt = _packed_case(tiny)
+    with torch.no_grad():
+        got, va = model.score_labels(batch, prompt, loglik=True, with_va=True)
+        want = _scored_alone(model, batch, prompt)
+        expected_va = model.va_head(model.pooled_audio_state(
+            model._hidden_states(prompt, batch["attention_mask"]), batch["audio_mask"]))
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(va, expected_va, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_packed_label_scores_train_to_the_loss_and_gradients_of_each_candidate_alone(tiny, monkeypatch,
+                                                                                    checkpointing):
+    """In training (emotion_loss `both`: the gold candidate's LM loss and the KL to the votes)
+    the packed pass gives the loss, and the LoRA gradients, of the candidates scored alone,
+    with activation checkpointing too."""
+
+    model, *_ = tiny
+    batch, prompt = _packed_case(tiny)
+    monkeypatch.setattr(model, "emotion_loss", "both")
+    monkeypatch.setattr(model, "embed_prompt", lambda batch, audio=None: prompt)
+    lora = [p for n, p in model.named_parameters() if "lora_" in n]
+    base = model.llm.get_base_model()
+    model.train()
+    if checkpointing:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    try:
+        assert base.is_activation_checkpointing == checkpointing
+        losses = model(batch)
+        got = torch.autograd.grad(losses["lm"] + losses["kl"], lora)  # the gender head's loss aside
+        ref = _scored_alone(model, batch, prompt)
+        gold = batch["label_index"]
+        lm = -ref.gather(1, gold[:, None]).sum() / batch["label_mask"][gold].sum()
+        kl = F.kl_div(torch.log_softmax(ref, -1), batch["votes"].to(ref.dtype), reduction="batchmean")
+        want = torch.autograd.grad(lm + kl, lora)
+    finally:
+        model.eval()
+        if checkpointing:
+            base.gradient_checkpointing_disable()
+    torch.testing.assert_close(losses["lm"], lm, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(losses["kl"], kl, atol=1e-5, rtol=1e-4)
+    assert any(g.abs().sum() > 0 for g in want)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-3)

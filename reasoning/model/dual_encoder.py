@@ -105,6 +105,30 @@ def ccc_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (1 - ccc(pred, target)).mean()
 
 
+def packed_candidate_mask(prompt_mask: torch.Tensor, label_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The attention mask of a prompt followed by L candidates' fed tokens (C - 1 each, one
+    candidate after another), as :meth:`DualEncoderLLM._score` packs them.
+
+    ``prompt_mask`` (B, P) marks the real prompt tokens, ``label_mask`` (L, C) the real tokens
+    of each candidate. A prompt position attends causally to the real prompt positions; a
+    candidate's token to those and to the earlier real tokens of its own candidate, never to
+    another candidate. Returns (B, 1, T, T), T = P + L * (C - 1), additive in ``dtype`` (0:
+    attend, the dtype's minimum: not), what both the eager and the sdpa attention of
+    transformers take as a 4D mask, unchanged. A padding position attends to itself, so that
+    no row is masked whole (its output is never read).
+    """
+    (B, P), (L, C) = prompt_mask.shape, label_mask.shape
+    device = prompt_mask.device
+    owner = torch.cat([torch.full((P,), -1, device=device),
+                       torch.arange(L, device=device).repeat_interleave(C - 1)])   # -1: the prompt
+    t = torch.arange(len(owner), device=device)
+    visible = (t[:, None] >= t[None, :]) & ((owner[None, :] == -1) | (owner[:, None] == owner[None, :]))
+    real = torch.cat([prompt_mask.bool(), label_mask[:, :-1].bool().reshape(1, -1).expand(B, -1)], 1)
+    allowed = (visible & real[:, None, :]) | torch.eye(len(owner), dtype=torch.bool, device=device)
+    return torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(
+        ~allowed, torch.finfo(dtype).min)[:, None]
+
+
 class DualEncoderLLM(nn.Module):
     """Whisper + paralinguistic encoders, projectors, a (LoRA) LLM and the heads.
 
@@ -218,10 +242,10 @@ class DualEncoderLLM(nn.Module):
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE)
         return loss, out
 
-    def pooled_audio_state(self, hidden_states, audio_mask: torch.Tensor, every: int = 1) -> torch.Tensor:
-        """(B, H) state of the VA head's layer pooled over the audio positions; ``every``
-        takes one row in that many (a pass that repeats each prompt)."""
-        h = hidden_states[self.va_layer][::every, : audio_mask.shape[1]]
+    def pooled_audio_state(self, hidden_states, audio_mask: torch.Tensor) -> torch.Tensor:
+        """(B, H) state of the VA head's layer pooled over the audio positions (those of
+        ``audio_mask`` (B, P): the prompt comes first in every pass)."""
+        h = hidden_states[self.va_layer][:, : audio_mask.shape[1]]
         return self.va_head.pool(h, audio_mask)
 
     def _va_loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -300,54 +324,46 @@ class DualEncoderLLM(nn.Module):
     # -- prediction -----------------------------------------------------------------
     def _score(self, batch: dict, prompt_embeds: torch.Tensor, pooled: bool = False):
         """(B, L) log-likelihoods of the candidate labels, and with ``pooled`` the (B, H)
-        audio state of the prompt pass (else None); see :meth:`score_labels`."""
-        mask = batch["attention_mask"]
-        cand, cand_mask = batch["label_ids"], batch["label_mask"]  # (L, C)
-        B, L = prompt_embeds.shape[0], cand.shape[0]
-        ids = cand.repeat(B, 1)                                       # (B*L, C)
-        cmask = cand_mask.repeat(B, 1)
-        # A candidate's last token is scored but never fed: C - 1 continuation positions.
-        feed = ids[:, :-1]
-        full_mask = torch.cat([mask.repeat_interleave(L, 0), cmask[:, :-1]], 1)
-        if self.training and self.llm.get_base_model().is_activation_checkpointing:
-            # Checkpointing turns the KV cache off in training: score every "prompt + label"
-            # sequence in one pass instead; each prompt's states repeat L times.
-            emb = torch.cat([prompt_embeds.repeat_interleave(L, 0), self.llm.get_input_embeddings()(feed)], 1)
-            out = self._run(emb, full_mask, output_hidden_states=pooled, logits_to_keep=ids.shape[1])
-            logits = out.logits.float()
-            first, rest = torch.log_softmax(logits[:, 0], -1), torch.log_softmax(logits[:, 1:], -1)
-            every = L
-        else:
-            out = self._run(prompt_embeds, mask, use_cache=True, output_hidden_states=pooled, logits_to_keep=1)
-            first = torch.log_softmax(out.logits[:, -1].float(), -1).repeat_interleave(L, 0)  # (B*L, V)
-            rest = first.new_zeros(first.shape[0], 0, first.shape[1])                          # (B*L, 0, V)
-            if feed.shape[1]:
-                cache = out.cache
-                cache.batch_repeat_interleave(L)
-                start = mask.long().sum(-1).repeat_interleave(L)[:, None]
-                positions = start + torch.arange(feed.shape[1], device=ids.device)[None, :]
-                cont = self.llm(input_ids=feed, attention_mask=full_mask, position_ids=positions,
-                                cache=cache, use_cache=True)
-                rest = torch.log_softmax(cont.logits.float(), -1)                             # (B*L, C-1, V)
-            every = 1
-        lp = torch.cat([first.gather(-1, ids[:, :1]), rest.gather(-1, ids[:, 1:, None]).squeeze(-1)], 1)
-        seq = (lp * cmask).sum(-1).view(B, L)
-        state = self.pooled_audio_state(out.hidden_states, batch["audio_mask"], every) if pooled else None
+        audio state of the prompt positions (else None); see :meth:`score_labels`."""
+        mask = batch["attention_mask"]                             # (B, P), left-padded
+        cand, cand_mask = batch["label_ids"], batch["label_mask"]  # (L, C), right-padded
+        B, (L, C) = mask.shape[0], cand.shape
+        # A candidate's last token is scored but never fed: its C - 1 first tokens follow the
+        # prompt, the L candidates one after another: P + L * (C - 1) positions per clip.
+        fed = cand[:, :-1].reshape(1, -1).expand(B, -1)
+        embeds = torch.cat([prompt_embeds, self.llm.get_input_embeddings()(fed)], 1)
+        # Every candidate takes the positions it would have alone, right after the real prompt tokens.
+        real = mask.long().sum(-1, keepdim=True)
+        positions = torch.cat([(mask.long().cumsum(-1) - 1).clamp(min=0),
+                               real + torch.arange(C - 1, device=mask.device).repeat(L)], 1)
+        # The LM head runs on the last prompt position (left padding: P - 1), which predicts
+        # every candidate's first token, and on the fed candidate positions.
+        out = self.llm(inputs_embeds=embeds, attention_mask=packed_candidate_mask(mask, cand_mask, embeds.dtype),
+                       position_ids=positions, use_cache=False, output_hidden_states=pooled,
+                       logits_to_keep=1 + L * (C - 1))
+        logp = torch.log_softmax(out.logits.float(), -1)              # (B, 1 + L * (C - 1), V)
+        first = logp[:, 0].gather(-1, cand[:, 0].expand(B, L))        # (B, L)
+        rest = logp[:, 1:].view(B, L, C - 1, -1).gather(-1, cand[:, 1:].expand(B, L, C - 1)[..., None])
+        lp = torch.cat([first[..., None], rest.squeeze(-1)], -1)      # (B, L, C)
+        seq = (lp * cand_mask).sum(-1)
+        state = self.pooled_audio_state(out.hidden_states, batch["audio_mask"]) if pooled else None
         return seq, state
 
     def score_labels(self, batch: dict, prompt_embeds: torch.Tensor | None = None, with_va: bool = False,
                      loglik: bool = False):
         """Log-probabilities (B, L) of each label of ``batch["label_ids"]`` given the clip.
 
-        One pass over the prompt fills the KV cache, which is shared by all L candidate
-        continuations (label tokens + end of turn) in a second, batched pass. The sequence
-        log-likelihoods are normalised over the label set, so ``exp`` of a row sums to 1.
+        One pass per clip over its prompt followed by all L candidates (label tokens + end of
+        turn), packed one after another: the attention mask (:func:`packed_candidate_mask`)
+        lets each candidate see the prompt and its own earlier tokens only, so each is scored
+        as if it followed the prompt alone. The sequence log-likelihoods are normalised over
+        the label set, so ``exp`` of a row sums to 1.
 
         ``loglik`` returns the sequence log-likelihoods (B, L) before that normalisation.
 
-        ``with_va`` also returns the VA head's (B, D) prediction from that same prompt pass:
-        every prompt puts the audio before the task's instruction, so under the causal mask
-        the audio positions the head pools are those of the VA prompt.
+        ``with_va`` also returns the VA head's (B, D) prediction from the prompt positions of
+        that pass: every prompt puts the audio before the task's instruction, so under the
+        causal mask the audio positions the head pools are those of the VA prompt.
         """
         if prompt_embeds is None:
             prompt_embeds = self.embed_prompt(batch)

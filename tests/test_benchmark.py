@@ -85,3 +85,34 @@ def test_benchmark_on_two_processes_trains_every_fold(tmp_path):
         assert len(metrics["folds"]) == 2
         assert err.count("fold speaker-spk1: ") == 1  # one process evaluated
     assert not list(run.glob("speaker-*/.checkpoint-*"))
+
+
+@pytest.mark.slow
+def test_benchmark_trains_folds_side_by_side_with_jobs(tmp_path, capsys):
+    """`--jobs 2`: the folds train two at a time, each in its own process with its share of
+    the CPU threads (on a CPU that beats one process with every thread); this process then
+    evaluates every fold, as one run. A fold that fails names itself and keeps the others."""
+    rows = [r for r in read_manifest(SAMPLES) if r["speaker"] in ("spk1", "spk2", "spk3")]
+    manifest = tmp_path / "three.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run = tmp_path / "bench"
+    tree = tiny_recipe_tree(run, manifest, train={"max_steps": 1})
+    tree["data"].update(train_split=[], eval_split=[], labels=[], tasks={"emotion": 1.0}, batch_size=2)
+    tree["eval"] = {"protocol": "loso", "baselines": ["majority"]}
+    recipe = tmp_path / "bench.yaml"
+    recipe.write_text(yaml.safe_dump(tree))
+    (run / "speaker-spk3").mkdir(parents=True)
+    (run / "speaker-spk3" / "train.jsonl").mkdir()  # where the fold writes its manifest: it fails
+    assert main(["benchmark", str(recipe), "--jobs", "2"]) == 2
+    assert "fold speaker-spk3 failed" in capsys.readouterr().err
+    assert len(list(run.glob("speaker-spk[12]/checkpoint-*"))) == 2  # the other folds are kept
+    (run / "speaker-spk3" / "train.jsonl").rmdir()
+    mtimes = {p: p.stat().st_mtime for p in run.glob("speaker-*/checkpoint-*/trainer_state.json")}
+    assert main(["benchmark", str(recipe), "--jobs", "2"]) == 0
+    assert mtimes.items() <= {p: p.stat().st_mtime for p in run.glob("speaker-*/checkpoint-*/trainer_state.json")}.items()
+    for spk in ("spk1", "spk2", "spk3"):
+        state = json.loads(next((run / f"speaker-{spk}").glob("checkpoint-*/trainer_state.json")).read_text())
+        assert state["finished"]
+    metrics = json.loads((run / "eval" / "metrics.json").read_text())
+    assert len(metrics["folds"]) == 3
+    assert "| model" in capsys.readouterr().out

@@ -27,12 +27,13 @@ from __future__ import annotations
 import argparse
 import copy
 import logging
+import os
 from pathlib import Path
 
 from reasoning.training.checkpoint import (add_device_argument, list_checkpoints, read_state, recover_checkpoints,
                                   resolve_device)
 from reasoning.training.config import RECIPE_NAME, load_recipe
-from reasoning.errors import RecipeError
+from reasoning.errors import RecipeError, UserError
 from reasoning.evaluation.evaluate import PROBE_NAME, checkpoint_predictor, evaluate_rows
 from reasoning.evaluation.folds import get_protocol, iter_folds, select_rows
 from reasoning.manifest import read_manifest, write_manifest
@@ -63,9 +64,52 @@ def _processes():
     return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
 
 
-def run_benchmark(recipe, only_fold: str | None = None, device: str | None = None) -> dict:
-    """Train each fold's model, then evaluate all folds with the baselines. Returns the
-    evaluation result (what ``metrics.json`` holds)."""
+def train_fold(recipe, rows: list[dict], threads: int | None = None) -> None:
+    """Train one fold: ``recipe`` (its output_dir the fold's run folder) on its training ``rows``,
+    resuming from the folder's last checkpoint. ``threads``: torch's CPU threads (a fold of
+    :func:`train_side_by_side`)."""
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+    recipe.data.train_manifest = str(write_manifest(rows, Path(recipe.train.output_dir) / FOLD_MANIFEST))
+    trainer = TrainRecipe(recipe, resume=bool(list_checkpoints(recipe.train.output_dir)))
+    trainer.setup()
+    trainer.train()
+    trainer.cleanup(end_process_group=False)
+
+
+def train_side_by_side(folds: list[tuple[str, object, list[dict]]], jobs: int) -> None:
+    """Train ``(name, recipe, rows)`` folds ``jobs`` at a time, each in its own process with an
+    equal share of this process's CPU cores as threads. On a 2-core CPU two one-thread folds
+    each ran about as fast as one fold alone on two threads (eval/results.md). A fold that
+    fails does not stop the others; then a UserError names the failed ones."""
+    import multiprocessing
+    import traceback
+    from concurrent.futures import ProcessPoolExecutor
+
+    jobs = min(jobs, len(folds))
+    threads = max(1, len(os.sched_getaffinity(0)) // jobs)
+    log.info("training %d folds, %d at a time, %d CPU thread(s) each", len(folds), jobs, threads)
+    failed = []
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {name: pool.submit(train_fold, recipe, rows, threads) for name, recipe, rows in folds}
+        for name, future in futures.items():
+            err = future.exception()
+            if err is None:
+                log.info("fold %s: trained", name)
+                continue
+            log.error("fold %s failed:\n%s", name, "".join(traceback.format_exception(err)))
+            failed.append(f"fold {name} failed: {err}")
+    if failed:
+        raise UserError("; ".join(failed) + ". The folds that finished are kept: fix the cause and run "
+                        "the same command again to train the rest.")
+
+
+def run_benchmark(recipe, only_fold: str | None = None, device: str | None = None, jobs: int = 1) -> dict:
+    """Train each fold's model (``jobs`` folds side by side, :func:`train_side_by_side`), then
+    evaluate all folds with the baselines. Returns the evaluation result (what
+    ``metrics.json`` holds)."""
     if recipe.eval.protocol is None:
         raise RecipeError("eval.protocol is not set: choose iemocap4, meld7, meld-sentiment, loso or "
                           "msp-podcast.")
@@ -81,6 +125,10 @@ def run_benchmark(recipe, only_fold: str | None = None, device: str | None = Non
     runs = [(f.name, f) for f in folds]
     if protocol.separate_folds:  # MELD's one official fold keeps its folder name
         runs = [(SHARED_RUN, folds[0])]
+    if jobs > 1 and state.num_processes > 1:
+        raise UserError("--jobs trains folds side by side in one launch of one process; under "
+                        "accelerate launch every process trains every fold: drop --jobs or the launcher.")
+    pending = []
     for i, (name, fold) in enumerate(runs, 1):
         run_dir = root / name
         if state.is_main_process:  # the one process that writes the run folders cleans them
@@ -93,13 +141,14 @@ def run_benchmark(recipe, only_fold: str | None = None, device: str | None = Non
                  len(fold.train), len(fold.test))
         fold_recipe = copy.deepcopy(recipe)
         fold_recipe.data.labels = list(recipe.data.labels or label_set)
-        fold_recipe.data.train_manifest = str(write_manifest(fold.train, run_dir / FOLD_MANIFEST))
         fold_recipe.data.train_split = []
         fold_recipe.train.output_dir = str(run_dir)
-        trainer = TrainRecipe(fold_recipe, resume=bool(list_checkpoints(run_dir)))
-        trainer.setup()
-        trainer.train()
-        trainer.cleanup(end_process_group=False)
+        if jobs > 1:
+            pending.append((name, fold_recipe, fold.train))
+        else:
+            train_fold(fold_recipe, fold.train)
+    if pending:
+        train_side_by_side(pending, jobs)
     # Under `accelerate launch` (or torchrun) the main process evaluates alone: the group ends.
     state.wait_for_everyone()
     state.destroy_process_group()
@@ -151,6 +200,9 @@ def refine_folds(recipe, root: Path, names: list[str], device: str | None) -> Pa
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("recipe", help="a recipe YAML with eval.protocol set")
     parser.add_argument("--fold", default=None, help="run only this fold (e.g. speaker-03, session5)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="folds trained side by side, each in its own process with its share of "
+                             "the CPU cores (default 1); the evaluation then runs here, as one run")
     add_device_argument(parser)
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted recipe overrides")
 
@@ -158,7 +210,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     resolve_device(args.device)
     recipe = load_recipe(args.recipe, args.overrides)
-    result = run_benchmark(recipe, args.fold, args.device)
+    if args.jobs < 1:
+        raise UserError(f"--jobs {args.jobs}: give the number of folds to train at once, 1 or more.")
+    result = run_benchmark(recipe, args.fold, args.device, args.jobs)
     if not result:  # another process of the launch evaluated and prints
         return 0
     out = Path(recipe.grpo.output_dir if recipe.grpo.benchmark else recipe.train.output_dir) / EVAL_DIR

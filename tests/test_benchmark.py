@@ -63,12 +63,10 @@ def test_benchmark_trains_every_fold_and_reports_beside_the_baselines(tmp_path, 
     assert "clip-specific grounding" in table and "| sft | model |" in table and "| grpo | model |" in table
 
 
-@pytest.mark.slow
-def test_benchmark_on_two_processes_trains_every_fold(tmp_path):
-    """accelerate's end_training destroys the process group: a fold's cleanup must not,
-    or the second fold's first collective fails. Two folds (two speakers)."""
-    rows = [r for r in read_manifest(SAMPLES) if r["speaker"] in ("spk1", "spk2")]
-    manifest = tmp_path / "two.jsonl"
+def _one_step_folds(tmp_path, speakers: tuple[str, ...]):
+    """(run folder, recipe path) of a one-step, emotion-only loso benchmark of these speakers' clips."""
+    rows = [r for r in read_manifest(SAMPLES) if r["speaker"] in speakers]
+    manifest = tmp_path / "clips.jsonl"
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
     run = tmp_path / "bench"
     tree = tiny_recipe_tree(run, manifest, train={"max_steps": 1})
@@ -76,6 +74,14 @@ def test_benchmark_on_two_processes_trains_every_fold(tmp_path):
     tree["eval"] = {"protocol": "loso", "baselines": ["majority"]}
     recipe = tmp_path / "bench.yaml"
     recipe.write_text(yaml.safe_dump(tree))
+    return run, recipe
+
+
+@pytest.mark.slow
+def test_benchmark_on_two_processes_trains_every_fold(tmp_path):
+    """accelerate's end_training destroys the process group: a fold's cleanup must not,
+    or the second fold's first collective fails. Two folds (two speakers)."""
+    run, recipe = _one_step_folds(tmp_path, ("spk1", "spk2"))
     for launch in range(2):  # the second launch finds every fold trained and only evaluates
         if launch:  # what a save killed in the first launch would leave: the main process alone cleans it
             (run / "speaker-spk2" / ".checkpoint-000001.tmp-killed").mkdir()
@@ -92,15 +98,7 @@ def test_benchmark_trains_folds_side_by_side_with_jobs(tmp_path, capsys):
     """`--jobs 2`: the folds train two at a time, each in its own process with its share of
     the CPU threads (on a CPU that beats one process with every thread); this process then
     evaluates every fold, as one run. A fold that fails names itself and keeps the others."""
-    rows = [r for r in read_manifest(SAMPLES) if r["speaker"] in ("spk1", "spk2", "spk3")]
-    manifest = tmp_path / "three.jsonl"
-    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    run = tmp_path / "bench"
-    tree = tiny_recipe_tree(run, manifest, train={"max_steps": 1})
-    tree["data"].update(train_split=[], eval_split=[], labels=[], tasks={"emotion": 1.0}, batch_size=2)
-    tree["eval"] = {"protocol": "loso", "baselines": ["majority"]}
-    recipe = tmp_path / "bench.yaml"
-    recipe.write_text(yaml.safe_dump(tree))
+    run, recipe = _one_step_folds(tmp_path, ("spk1", "spk2", "spk3"))
     (run / "speaker-spk3").mkdir(parents=True)
     (run / "speaker-spk3" / "train.jsonl").mkdir()  # where the fold writes its manifest: it fails
     assert main(["benchmark", str(recipe), "--jobs", "2"]) == 2

@@ -81,9 +81,10 @@ def train_fold(recipe, rows: list[dict], threads: int | None = None) -> None:
 
 def train_side_by_side(folds: list[tuple[str, object, list[dict]]], jobs: int) -> None:
     """Train ``(name, recipe, rows)`` folds ``jobs`` at a time, each in its own process with an
-    equal share of this process's CPU cores as threads. On a 2-core CPU two one-thread folds
-    each ran about as fast as one fold alone on two threads (eval/results.md). A fold that
-    fails does not stop the others; then a UserError names the failed ones."""
+    equal share of this process's CPU cores as threads: on a 2-core CPU two one-thread SmolLM2
+    folds each kept 7-8 s a step side by side (eval/results.md; ``benchmarks/fold_jobs.py``
+    sets this against one process on both cores). A fold that fails does not stop the others;
+    then a UserError names the failed ones."""
     import multiprocessing
     import traceback
     from concurrent.futures import ProcessPoolExecutor

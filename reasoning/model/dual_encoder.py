@@ -105,6 +105,11 @@ def ccc_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (1 - ccc(pred, target)).mean()
 
 
+def real_positions(mask: torch.Tensor) -> torch.Tensor:
+    """Position ids of a left-padded (B, T) ``mask``: real tokens count from 0, padding takes 0."""
+    return (mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
 def packed_candidate_mask(prompt_mask: torch.Tensor, label_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """The attention mask of a prompt followed by L candidates' fed tokens (C - 1 each, one
     candidate after another), as :meth:`DualEncoderLLM._score` packs them.
@@ -217,13 +222,13 @@ class DualEncoderLLM(nn.Module):
 
     # -- losses ---------------------------------------------------------------------
     def _run(self, embeds: torch.Tensor, mask: torch.Tensor, **kw):
-        positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+        positions = real_positions(mask)
         return self.llm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, **kw)
 
     def _hidden_states(self, embeds: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Every layer's (B, P, H) hidden states of the prompt, from the LLM without its LM head
         (LoRA still inside): a pass that reads the states alone never computes a logit."""
-        positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+        positions = real_positions(mask)
         decoder = self.llm.get_decoder()  # peft forwards the call to the wrapped causal LM
         return decoder(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
                        output_hidden_states=True, use_cache=False).hidden_states
@@ -334,7 +339,7 @@ class DualEncoderLLM(nn.Module):
         embeds = torch.cat([prompt_embeds, self.llm.get_input_embeddings()(fed)], 1)
         # Every candidate takes the positions it would have alone, right after the real prompt tokens.
         real = mask.long().sum(-1, keepdim=True)
-        positions = torch.cat([(mask.long().cumsum(-1) - 1).clamp(min=0),
+        positions = torch.cat([real_positions(mask),
                                real + torch.arange(C - 1, device=mask.device).repeat(L)], 1)
         # The LM head runs on the last prompt position (left padding: P - 1), which predicts
         # every candidate's first token, and on the fed candidate positions.

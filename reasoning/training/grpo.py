@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 from reasoning.training.checkpoint import (add_device_argument, checkpoint_dirs, load_for_inference, read_recipe,
                                   resolve_checkpoint, resolve_device, save_checkpoint)
 from reasoning.training.config import RECIPE_NAME, GrpoConfig, Recipe, describe_fields, load_recipe, save_recipe
+from reasoning.model.dual_encoder import real_positions
 from reasoning.tasks.collate import AudioCache, Collator, to_device
 from reasoning.tasks.prompts import PromptBuilder
 from reasoning.errors import RecipeError, UserError
@@ -93,7 +94,7 @@ def completion_logps(llm, prompt_embeds: torch.Tensor, prompt_mask: torch.Tensor
     :meth:`DualEncoderLLM._run`), at the sampling ``temperature`` as TRL scores them."""
     embeds = torch.cat([prompt_embeds, llm.get_input_embeddings()(completion_ids)], 1)
     mask = torch.cat([prompt_mask, completion_mask], 1)
-    positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+    positions = real_positions(mask)
     T = completion_ids.shape[1]
     logits = llm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, logits_to_keep=T + 1).logits
     logits = logits[:, :-1].float() / temperature  # position t predicts completion token t

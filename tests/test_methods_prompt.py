@@ -95,6 +95,8 @@ def test_a_recipe_instruction_replaces_the_default_in_every_prompt_builder(tmp_p
 @pytest.mark.parametrize("override, message", [
     ("prompt.instructions={emotions: 'Emotion?'}", r"prompt.instructions: 'emotions' is not a task"),
     ("prompt.instructions={emotion: ''}", r"prompt.instructions.emotion must be a non-empty text"),
+    ("prompt.instructions={emotion: 'One of {label}?'}",
+     r"prompt.instructions.emotion: .*\{label\}.*only \{labels\}"),
     ("prompt.instructions={emotion: 'Why?', rationale: 'Why?'}",
      r"prompt.instructions: emotion and rationale would have the same instruction"),
     ("prompt.transcript=subtitles", "prompt.transcript"),

@@ -234,6 +234,11 @@ class PromptConfig:
                 raise RecipeError(f"prompt.instructions: {task!r} is not a task; tasks: {', '.join(INSTRUCTIONS)}.")
             if not isinstance(text, str) or not text.strip():
                 raise RecipeError(f"prompt.instructions.{task} must be a non-empty text.")
+            try:
+                text.format(labels="")
+            except (KeyError, IndexError, ValueError) as err:
+                raise RecipeError(f"prompt.instructions.{task}: {text!r} has a placeholder that cannot be "
+                                  f"filled ({err!r}); only {{labels}} is known (write {{{{ and }}}} for braces).") from None
         merged = {**INSTRUCTIONS, **self.instructions}
         for task in self.instructions:
             for other, text in merged.items():

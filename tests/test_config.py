@@ -96,3 +96,12 @@ def test_mixed_precision_no_unquoted_is_accepted(tmp_path):
     tree["train"]["mixed_precision"] = True
     with pytest.raises(RecipeError, match="mixed_precision"):
         load_recipe(tree=tree)
+
+
+def test_the_grpo_recipe_refines_the_supervised_recipe_as_shipped():
+    # The GRPO benchmark reuses the folds trained by emodb_real_cpu.yaml (same output_dir): if
+    # the two drift apart, the folds it trains itself differ from the ones it reuses.
+    supervised = yaml.safe_load((ROOT / "recipes" / "emodb_real_cpu.yaml").read_text())
+    grpo = yaml.safe_load((ROOT / "recipes" / "emodb_real_cpu_grpo.yaml").read_text())
+    assert grpo.pop("grpo")["benchmark"] is True
+    assert grpo == supervised

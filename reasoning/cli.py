@@ -52,21 +52,28 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def configure_process(verbose: bool = False) -> None:
+    """What every process of a command starts with (the command's own, and the processes it
+    spawns): our log lines on stderr, and without the libraries' chatter."""
+    # Our own progress bars and logs say what runs; transformers' per-load bars only repeat it.
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    # peft still asks for the attribute that transformers 5 renamed; nothing for a user to do.
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     command = next((a for a in argv if a in SUBCOMMANDS), None)
     parser = build_parser(only=command or "__none__")
     args = parser.parse_args(argv)
-    # Our own progress bars and logs say what runs; transformers' per-load bars only repeat it.
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
+    configure_process(args.verbose)
     try:
         return int(args._run(args) or 0)
     except UserError as err:

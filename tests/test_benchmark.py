@@ -1,5 +1,7 @@
-import pytest
 import json
+import logging
+
+import pytest
 
 import yaml
 
@@ -94,7 +96,7 @@ def test_benchmark_on_two_processes_trains_every_fold(tmp_path):
 
 
 @pytest.mark.slow
-def test_benchmark_trains_folds_side_by_side_with_jobs(tmp_path, capsys):
+def test_benchmark_trains_folds_side_by_side_with_jobs(tmp_path, capsys, caplog):
     """`--jobs 2`: the folds train two at a time, each in its own process with its share of
     the CPU threads (on a CPU that beats one process with every thread); this process then
     evaluates every fold, as one run. A fold that fails names itself and keeps the others."""
@@ -114,3 +116,33 @@ def test_benchmark_trains_folds_side_by_side_with_jobs(tmp_path, capsys):
     metrics = json.loads((run / "eval" / "metrics.json").read_text())
     assert len(metrics["folds"]) == 3
     assert "| model" in capsys.readouterr().out
+
+    # GRPO refines the fold models side by side too, and only this process evaluates them.
+    refined = tmp_path / "grpo"
+    tree = yaml.safe_load(recipe.read_text())
+    tree["grpo"] = {"benchmark": True, "output_dir": str(refined), "rewards": {"label": 1.0, "format": 1.0},
+                    "max_steps": 1, "clips_per_step": 2, "num_generations": 2, "max_completion_tokens": 4}
+    recipe.write_text(yaml.safe_dump(tree))
+    caplog.set_level(logging.INFO, "reasoning")
+    assert main(["benchmark", str(recipe), "--jobs", "2"]) == 0
+    assert "refining 3 folds, 2 at a time" in caplog.text
+    for spk in ("spk1", "spk2", "spk3"):
+        state = json.loads(next((refined / f"speaker-{spk}").glob("checkpoint-*/trainer_state.json")).read_text())
+        assert state["grpo_from"].startswith(str(run / f"speaker-{spk}" / "checkpoint-"))
+    assert len(json.loads((refined / "eval" / "metrics.json").read_text())["folds"]) == 3
+
+
+def test_fold_processes_are_set_up_as_the_command_is(capfd):
+    """A fold of --jobs runs in a spawned process: without the command's set-up, its training
+    log (losses every log_every steps) was lost, and warnings the command silences were printed."""
+    import logging
+    import warnings
+
+    from reasoning.evaluation.benchmark import fold_pool
+
+    with fold_pool(1) as pool:
+        pool.submit(logging.getLogger("reasoning.training.train").info, "step 20: loss 1.0").result()
+        pool.submit(warnings.warn, "`is_gradient_checkpointing` is deprecated", FutureWarning).result()
+    err = capfd.readouterr().err
+    assert "step 20: loss 1.0" in err
+    assert "is_gradient_checkpointing" not in err

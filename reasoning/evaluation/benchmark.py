@@ -64,14 +64,18 @@ def _processes():
     return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
 
 
-def train_fold(recipe, rows: list[dict], threads: int | None = None) -> None:
-    """Train one fold: ``recipe`` (its output_dir the fold's run folder) on its training ``rows``,
-    resuming from the folder's last checkpoint. ``threads``: torch's CPU threads (a fold of
-    :func:`train_side_by_side`)."""
+def _use_threads(threads: int | None) -> None:
     if threads is not None:
         import torch
 
         torch.set_num_threads(threads)
+
+
+def train_fold(recipe, rows: list[dict], threads: int | None = None) -> None:
+    """Train one fold: ``recipe`` (its output_dir the fold's run folder) on its training ``rows``,
+    resuming from the folder's last checkpoint. ``threads``: torch's CPU threads (a fold of
+    :func:`side_by_side`)."""
+    _use_threads(threads)
     recipe.data.train_manifest = str(write_manifest(rows, Path(recipe.train.output_dir) / FOLD_MANIFEST))
     trainer = TrainRecipe(recipe, resume=bool(list_checkpoints(recipe.train.output_dir)))
     trainer.setup()
@@ -79,36 +83,56 @@ def train_fold(recipe, rows: list[dict], threads: int | None = None) -> None:
     trainer.cleanup(end_process_group=False)
 
 
-def train_side_by_side(folds: list[tuple[str, object, list[dict]]], jobs: int) -> None:
-    """Train ``(name, recipe, rows)`` folds ``jobs`` at a time, each in its own process with an
-    equal share of this process's CPU cores as threads: on a 2-core CPU two one-thread SmolLM2
-    folds each kept 7-8 s a step side by side (eval/results.md; ``benchmarks/fold_jobs.py``
-    sets this against one process on both cores). A fold that fails does not stop the others;
-    then a UserError names the failed ones."""
+def refine_fold(recipe, checkpoint: Path, device: str | None, threads: int | None = None) -> None:
+    """GRPO on one fold's supervised model ``checkpoint`` into ``recipe.grpo.output_dir``."""
+    from reasoning.training.grpo import GrpoRecipe
+
+    _use_threads(threads)
+    trainer = GrpoRecipe(recipe, checkpoint=checkpoint, device=device)
+    trainer.setup()
+    trainer.train()
+
+
+def fold_pool(jobs: int):
+    """``jobs`` spawned processes, each set up as the command's own (its log, its warnings)."""
     import multiprocessing
-    import traceback
     from concurrent.futures import ProcessPoolExecutor
+
+    from reasoning.cli import configure_process
+
+    verbose = logging.getLogger().getEffectiveLevel() <= logging.DEBUG
+    return ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=configure_process, initargs=(verbose,))
+
+
+def side_by_side(work, folds: list[tuple[str, tuple]], jobs: int, doing: str) -> None:
+    """Run ``work(*args, threads=...)`` for each ``(fold name, args)``, ``jobs`` folds at a time,
+    each in its own process with an equal share of this process's CPU cores as threads: on a
+    2-core CPU two one-thread SmolLM2 folds each kept 7-8 s a step side by side
+    (eval/results.md; ``benchmarks/fold_jobs.py`` sets this against one process on both
+    cores). A fold that fails does not stop the others; then a UserError names the failed ones."""
+    import traceback
 
     jobs = min(jobs, len(folds))
     threads = max(1, len(os.sched_getaffinity(0)) // jobs)
-    log.info("training %d folds, %d at a time, %d CPU thread(s) each", len(folds), jobs, threads)
+    log.info("%s %d folds, %d at a time, %d CPU thread(s) each", doing, len(folds), jobs, threads)
     failed = []
-    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {name: pool.submit(train_fold, recipe, rows, threads) for name, recipe, rows in folds}
+    with fold_pool(jobs) as pool:
+        futures = {name: pool.submit(work, *args, threads=threads) for name, args in folds}
         for name, future in futures.items():
             err = future.exception()
             if err is None:
-                log.info("fold %s: trained", name)
+                log.info("fold %s: done", name)
                 continue
             log.error("fold %s failed:\n%s", name, "".join(traceback.format_exception(err)))
             failed.append(f"fold {name} failed: {err}")
     if failed:
         raise UserError("; ".join(failed) + ". The folds that finished are kept: fix the cause and run "
-                        "the same command again to train the rest.")
+                        "the same command again to do the rest.")
 
 
 def run_benchmark(recipe, only_fold: str | None = None, device: str | None = None, jobs: int = 1) -> dict:
-    """Train each fold's model (``jobs`` folds side by side, :func:`train_side_by_side`), then
+    """Train each fold's model (``jobs`` folds side by side, :func:`side_by_side`), then
     evaluate all folds with the baselines. Returns the evaluation result (what
     ``metrics.json`` holds)."""
     if recipe.eval.protocol is None:
@@ -145,18 +169,18 @@ def run_benchmark(recipe, only_fold: str | None = None, device: str | None = Non
         fold_recipe.data.train_split = []
         fold_recipe.train.output_dir = str(run_dir)
         if jobs > 1:
-            pending.append((name, fold_recipe, fold.train))
+            pending.append((name, (fold_recipe, fold.train)))
         else:
             train_fold(fold_recipe, fold.train)
     if pending:
-        train_side_by_side(pending, jobs)
+        side_by_side(train_fold, pending, jobs, "training")
     # Under `accelerate launch` (or torchrun) the main process evaluates alone: the group ends.
     state.wait_for_everyone()
     state.destroy_process_group()
     if not state.is_main_process:
         return {}
     if recipe.grpo.benchmark:
-        root = refine_folds(recipe, root, [name for name, _ in runs], device)
+        root = refine_folds(recipe, root, [name for name, _ in runs], device, jobs)
     trained = root / SHARED_RUN if protocol.separate_folds else root
     predictor, hashes = checkpoint_predictor(trained, [f.name for f in folds], device,
                                              shared=protocol.one_training_set)
@@ -179,12 +203,12 @@ def run_benchmark(recipe, only_fold: str | None = None, device: str | None = Non
     return result
 
 
-def refine_folds(recipe, root: Path, names: list[str], device: str | None) -> Path:
+def refine_folds(recipe, root: Path, names: list[str], device: str | None, jobs: int = 1) -> Path:
     """GRPO on each fold's supervised model ``root/<fold>`` into ``<grpo.output_dir>/<fold>``
-    (a fold already refined is skipped); returns ``grpo.output_dir``, where they now are."""
-    from reasoning.training.grpo import GrpoRecipe
-
+    (a fold already refined is skipped; ``jobs`` folds side by side); returns
+    ``grpo.output_dir``, where they now are."""
     out = Path(recipe.grpo.output_dir)
+    pending = []
     for i, name in enumerate(names, 1):
         if _finished(out / name):
             log.info("fold %s (%d/%d): already refined by GRPO in %s", name, i, len(names), out / name)
@@ -192,9 +216,12 @@ def refine_folds(recipe, root: Path, names: list[str], device: str | None) -> Pa
         log.info("fold %s (%d/%d): GRPO from %s", name, i, len(names), root / name)
         fold_recipe = copy.deepcopy(recipe)
         fold_recipe.grpo.output_dir = str(out / name)
-        trainer = GrpoRecipe(fold_recipe, checkpoint=root / name, device=device)
-        trainer.setup()
-        trainer.train()
+        if jobs > 1:
+            pending.append((name, (fold_recipe, root / name, device)))
+        else:
+            refine_fold(fold_recipe, root / name, device)
+    if pending:
+        side_by_side(refine_fold, pending, jobs, "refining")
     return out
 
 
@@ -202,8 +229,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("recipe", help="a recipe YAML with eval.protocol set")
     parser.add_argument("--fold", default=None, help="run only this fold (e.g. speaker-03, session5)")
     parser.add_argument("--jobs", type=int, default=1,
-                        help="folds trained side by side, each in its own process with its share of "
-                             "the CPU cores (default 1); the evaluation then runs here, as one run")
+                        help="folds trained (and refined by GRPO) side by side, each in its own process "
+                             "with its share of the CPU cores (default 1); the evaluation then runs "
+                             "here, as one run")
     add_device_argument(parser)
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted recipe overrides")
 

@@ -166,3 +166,32 @@ def test_the_cli_refuses_rows_without_evidence_before_building_the_model(trained
     err = capsys.readouterr().err
     assert f"8 of 8 training rows of {manifest} have no measured evidence" in err
     assert f"run `emoreason evidence --manifest {manifest}`" in err
+
+
+@pytest.mark.parametrize("sft_weight", [0.0, 1.0])
+def test_the_supervised_emotion_loss_anchors_the_adapter_when_weighted(trained, tmp_path, sft_weight):
+    """GRPO trains on the rationale prompt only; the label scoring of the emotion prompt
+    drifted with it (fold speaker-03: UA 74 -> 60 in 20 steps). ``grpo.sft_weight`` adds the
+    supervised emotion loss of the step's clips. Here every completion gets the same reward,
+    so GRPO alone has nothing to learn and the adapter must stay as it was; with the anchor it
+    moves, and the emotion loss of those clips falls."""
+    from conftest import tiny_recipe_tree
+    from reasoning.training.config import load_recipe
+    from reasoning.training.grpo import GrpoRecipe
+
+    trainer, _ = trained
+    tree = tiny_recipe_tree(tmp_path / "unused", grpo={
+        "output_dir": str(tmp_path / "grpo"), "rewards": {"format": 1.0}, "max_steps": 3, "beta": 0.0,
+        "clips_per_step": 8, "num_generations": 2, "max_completion_tokens": 4, "lr": 1e-3,
+        "sft_weight": sft_weight})
+    grpo = GrpoRecipe(load_recipe(tree=tree), checkpoint=trainer.output_dir,
+                      reward_funcs={"format": lambda completion, row: 1.0})
+    grpo.setup()
+    before = {n: p.detach().clone() for n, p in grpo.params.items()}
+    history = grpo.train()
+    moved = any(not torch.equal(p, before[n]) for n, p in grpo.params.items())
+    assert moved is (sft_weight > 0)
+    if sft_weight:
+        assert history[-1]["sft_loss"] < history[0]["sft_loss"], [h["sft_loss"] for h in history]
+    else:
+        assert "sft_loss" not in history[0]

@@ -342,6 +342,7 @@ class GrpoConfig:
     scale_rewards: str = _f("group", "Advantages are reward - group mean, divided by the std of the `group`, of the `batch`, or `none` (TRL's scale_rewards). A group whose rewards are all equal has advantage 0.")
     temperature: float = _f(1.0, "Sampling temperature of the completions; their log-probabilities are taken at the same temperature, as TRL does.")
     max_completion_tokens: int = _f(48, "Length limit of a completion (TRL's max_completion_length); one cut there earns no `format` reward.")
+    sft_weight: float = _f(0.0, "Weight of the supervised emotion loss of the step's clips, added to the GRPO loss (InstructGPT's PPO-ptx). GRPO trains on the rationale prompt; the label scoring of the emotion prompt, which predicts, drifts with it unless anchored. 0: TRL's objective alone.")
     iterations: int = _f(1, "Optimizer steps on each sampled batch (TRL's num_iterations); above 1 the importance ratio to the sampling policy departs from 1 and the clipping acts.")
     seed: int = _f(0, "Seed of the clip order and of the sampling.")
     benchmark: bool = _f(False, "`emoreason benchmark`: refine each fold's supervised model (train.output_dir/<fold>, trained first when not there) with GRPO into grpo.output_dir/<fold>, and evaluate those, into grpo.output_dir/eval.")
@@ -359,6 +360,8 @@ class GrpoConfig:
                 raise RecipeError(f"grpo.{name} must be at least 1.")
         if self.temperature <= 0:
             raise RecipeError("grpo.temperature must be above 0 (GRPO samples its completions).")
+        if self.sft_weight < 0:
+            raise RecipeError("grpo.sft_weight must be 0 (off) or above.")
 
 
 @dataclass

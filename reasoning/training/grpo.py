@@ -299,8 +299,14 @@ class GrpoRecipe:
         if g.iterations > 1:  # the sampling policy, before this batch's first step moves it
             with torch.no_grad():
                 old = self._logps(s)
+        # The supervised emotion loss of the same clips, as the supervised run computed it.
+        emotion = to_device(self.collate(rows, "emotion"), self.device) if g.sft_weight else None
         for _ in range(g.iterations):
             loss, stats = grpo_loss(self._logps(s), old, ref, advantages, s["cmask"], self.args)
+            if emotion is not None:
+                sft = self.model(emotion)["loss"]
+                stats["sft_loss"] = float(sft.detach())
+                loss = loss + g.sft_weight * sft
             loss.backward()
             if g.max_grad_norm > 0:
                 torch.nn.utils.clip_grad_norm_(self.params.values(), g.max_grad_norm)
@@ -329,10 +335,11 @@ class GrpoRecipe:
                 f.write(json.dumps(record) + "\n")
             bar.update(1)
             bar.set_postfix(reward=f"{record['reward']:.3f}", kl=f"{record['kl']:.4f}")
-            log.info("step %d/%d | reward %.3f ± %.3f | %s | kl %.4f | length %.1f | %r", self.step,
+            log.info("step %d/%d | reward %.3f ± %.3f | %s | kl %.4f%s | length %.1f | %r", self.step,
                      self.g.max_steps, record["reward"], record["reward_std"],
                      " ".join(f"{n} {record[f'rewards/{n}/mean']:.3f}" for n in self.reward_funcs),
-                     record["kl"], record["completions/mean_length"], record["example"][:80])
+                     record["kl"], f" | sft {record['sft_loss']:.3f}" if "sft_loss" in record else "",
+                     record["completions/mean_length"], record["example"][:80])
         bar.close()
         self.save_checkpoint()
         plot_run(self.output_dir)

@@ -278,6 +278,39 @@ def test_va_loss_ccc_mse_is_the_sum_of_both(tiny):
     torch.testing.assert_close(got, ccc_loss(pred, batch["va"]) + F.mse_loss(pred, batch["va"]))
 
 
+
+def test_the_va_head_is_pulled_back_when_its_output_leaves_the_target_range(tiny):
+    """Fold speaker-10 of the six-fold EmoDB run: a tanh head's arousal went to 0.999 for
+    every clip in the first steps (its input to tanh was about 4) and stayed there for 240
+    steps, CCC 0.000, since tanh passes back 1e-3 of the gradient there. The head is linear
+    while it trains, so the farther off it is the harder the loss pulls; it is clamped to
+    [-1, 1] when it predicts."""
+    model, _, _, collate, rows = tiny
+    batch = collate(rows, "va")
+    bias = model.va_head.mlp[-1].bias
+    kept, was_training, model.va_loss = bias.detach().clone(), model.training, "ccc_mse"
+
+    def pull(shift: float) -> float:
+        with torch.no_grad():
+            bias.fill_(shift)
+        model.zero_grad()
+        model(batch)["va"].backward()
+        return float(bias.grad.abs().sum())
+
+    try:
+        model.train()
+        assert pull(4.0) > pull(0.0)
+        with torch.no_grad():
+            bias.fill_(4.0)
+        model.eval()
+        assert float(model.predict_va(batch).max()) == 1.0
+    finally:
+        model.train(was_training)
+        model.va_loss = "ccc"
+        with torch.no_grad():
+            bias.copy_(kept)
+        model.zero_grad()
+
 @pytest.mark.slow
 def test_va_loss_over_two_processes_is_the_loss_of_the_whole_batch(tmp_path):
     """CCC is not a mean over clips: each process's few clips must be gathered, or the loss

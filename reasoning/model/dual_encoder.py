@@ -61,7 +61,10 @@ class Projector(nn.Module):
 
 class VAHead(nn.Module):
     """Valence and arousal (``n_out`` 2), or valence, arousal and dominance (``n_out`` 3),
-    each in [-1, 1], from hidden states pooled over the audio positions.
+    from hidden states pooled over the audio positions: linear while it trains, clamped to
+    [-1, 1] when it predicts. (A tanh output, as this head had, can saturate in the first
+    steps and pass back 1e-3 of the gradient there: on one EmoDB fold arousal stayed at
+    0.999 for every clip through training, CCC 0.000.)
 
     The pooled state is layer-normed first: a real LLM's hidden states have norms from about
     40 (SmolLM2's last layer, after its final norm) to 2000 (its middle layers), so the head's
@@ -85,7 +88,8 @@ class VAHead(nn.Module):
         return torch.einsum("bt,bth->bh", torch.softmax(scores, -1), h)
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(self.mlp(self.norm(pooled)))
+        out = self.mlp(self.norm(pooled))
+        return out if self.training else out.clamp(-1, 1)
 
 
 def ccc(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:

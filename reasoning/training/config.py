@@ -148,7 +148,7 @@ class LoraConfig:
 class HeadsConfig:
     va_pooling: str = _f("mean", "Pooling of hidden states over the audio positions: `mean` or `attention`.")
     va_layer: int = _f(-1, "LLM hidden layer the VA head reads (-1 = last).")
-    va_loss: str = _f("ccc", "`ccc` (1 - concordance correlation, per dimension), `mse`, or `ccc_mse`: their sum. CCC alone says almost nothing about the mean while the predictions barely vary (as they do at the start with a real LLM), so Adam's steps let the mean drift until tanh saturates; the MSE term holds it to the targets.")
+    va_loss: str = _f("ccc", "`ccc` (1 - concordance correlation, per dimension), `mse`, or `ccc_mse`: their sum. CCC alone says almost nothing about the mean while the predictions barely vary (as they do at the start with a real LLM), so Adam's steps let the mean drift away from the targets; the MSE term holds it to them.")
     dimensions: list = _f(["valence", "arousal"], "What the VA head predicts: [valence, arousal], or [valence, arousal, dominance] (a VAD head, for corpora annotated with dominance such as MSP-Podcast). The CCC loss is the mean over these dimensions, and a `va` example needs every one of them.")
     va_weight: float = _f(1.0, "Weight of the VA loss in `va` batches.")
     gender_weight: float = _f(0.0, "Weight of the auxiliary gender loss (0 turns the gender head off).")

@@ -26,6 +26,10 @@ import logging as _logging
 # bitsandbytes, on import (peft and transformers import it), warns on every CPU with AVX512-BF16
 # that it could not fetch an optional faster 4-bit CPU kernel ("pip install kernels"), which
 # it would download from the hub. 4-bit works without it, so a user has nothing to do: the
-# hint is dropped at its logger.
+# hint is dropped at its logger. Where `kernels` is installed (transformers 5.25 requires it),
+# bitsandbytes asks it for that kernel, and offline it first warns that it skips the kernel's
+# publisher check: dropped too, for that kernel only.
 _logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(
     lambda record: "gemm_4bit_forward" not in record.getMessage())
+_logging.getLogger("kernels._internals.hf_hub").addFilter(
+    lambda record: "kernels-community/quantization-bitsandbytes" not in record.getMessage())

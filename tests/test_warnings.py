@@ -24,6 +24,22 @@ def test_the_bitsandbytes_kernels_hint_is_dropped_and_its_other_warnings_kept():
     assert not logger.filter(hint) and logger.filter(other)
 
 
+def test_the_kernels_offline_trust_notice_for_that_kernel_is_dropped_and_its_other_warnings_kept():
+    """With `kernels` installed (transformers 5.25 requires it), bitsandbytes asks it for the
+    same optional kernel, and offline it warns on every command that it skips the publisher's
+    trust check before failing back to the built-in path."""
+    import reasoning  # noqa: F401 - installs the filter
+
+    logger = logging.getLogger("kernels._internals.hf_hub")
+    notice = logger.makeRecord(logger.name, logging.WARNING, "hf_hub.py", 1,
+                               "Skipping publisher trust check for 'kernels-community/quantization-bitsandbytes' "
+                               "because Hugging Face Hub is in offline mode.", (), None)
+    other = logger.makeRecord(logger.name, logging.WARNING, "hf_hub.py", 1,
+                              "Skipping publisher trust check for 'someone/else' because Hugging Face Hub "
+                              "is in offline mode.", (), None)
+    assert not logger.filter(notice) and logger.filter(other)
+
+
 def test_a_padded_wavlm_batch_raises_no_key_padding_mask_deprecation(tmp_path):
     """transformers' WavLM passes a bool padding mask with a float position bias to torch's
     attention, which warns on every padded batch; SSLEncoder silences that one warning."""

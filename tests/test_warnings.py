@@ -63,3 +63,18 @@ def test_the_grpo_stage_configures_trl_without_a_deprecation(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error", FutureWarning)
         assert trl_config(GrpoConfig(), tmp_path, use_cpu=True).activation_checkpointing is False
+
+
+def test_checkpointing_is_enabled_without_transformers_deprecation():
+    """transformers 5.25 renamed `gradient_checkpointing_enable` to `activation_checkpointing_enable`
+    and warns on the old name: every checkpointed training run printed a FutureWarning."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from reasoning.model.builders import enable_checkpointing
+
+    llm = LlamaForCausalLM(LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                       num_attention_heads=2, num_key_value_heads=2, vocab_size=64))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        enable_checkpointing(llm)
+    assert any(getattr(m, "gradient_checkpointing", False) for m in llm.modules())

@@ -234,7 +234,10 @@ CHECKPOINTING = {"use_reentrant": False}
 
 def enable_checkpointing(llm: nn.Module) -> None:
     """Gradient checkpointing of a (not quantized) LLM, as training runs it."""
-    llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=CHECKPOINTING)
+    if hasattr(llm, "activation_checkpointing_enable"):  # transformers >= 5.25 warns on the old name
+        llm.activation_checkpointing_enable(activation_checkpointing_kwargs=CHECKPOINTING)
+    else:
+        llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=CHECKPOINTING)
     llm.enable_input_require_grads()
 
 
